@@ -1,0 +1,87 @@
+"""Execute the chapters with papermill and print each one's key result beside the paper's (``make book``).
+
+    python -m accel.book.build [--profile auto] [--out build] [notebooks/01_infobatch.ipynb ...]
+
+Each chapter runs in a fresh kernel with ``PROFILE`` and ``RESULTS_PATH`` injected; ``ACCEL_PROFILE`` in the
+environment overrides the profile inside the chapter. Executed notebooks land in ``<out>/``, results in
+``<out>/results/``. The committed notebooks are never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def chapters(paths: list[str] | None = None) -> list[Path]:
+    found = [Path(p) for p in paths] if paths else sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    missing = [str(p) for p in found if not p.exists()]
+    if missing:
+        raise SystemExit(f"no such notebook: {', '.join(missing)}")
+    return found
+
+
+def execute(notebook: Path, out_dir: Path, profile: str, timeout: int | None = None) -> tuple[Path, float]:
+    """Run one chapter; returns (results path, seconds). Papermill shows a progress bar over the chapter's cells."""
+    import papermill
+
+    results_path = out_dir / "results" / f"{notebook.stem}.json"
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    papermill.execute_notebook(
+        str(notebook),
+        str(out_dir / notebook.name),
+        parameters={"PROFILE": profile, "RESULTS_PATH": str(results_path)},
+        kernel_name="python3",
+        progress_bar={"desc": notebook.stem, "unit": "cell"},
+        cwd=str(notebook.parent),
+        execution_timeout=timeout,
+    )
+    return results_path, time.perf_counter() - start
+
+
+def summary(rows: list[tuple[str, float, dict]]) -> str:
+    lines = ["", "Key results (this run beside the paper)", "=" * 40]
+    for name, seconds, results in rows:
+        lines.append(f"{name}  [{results.get('profile')} on {results.get('device')}, {seconds:.0f} s]")
+        for entry in results.get("key_results", []):
+            lines.append(f"  {entry['label']}")
+            lines.append(textwrap.indent(f"this run: {entry['this_run']}\npaper:    {entry['paper']}", "    "))
+        failed = [n for n, c in results.get("claims", {}).items() if not c["passed"]]
+        checked = len(results.get("claims", {}))
+        lines.append(f"  claims held: {checked - len(failed)}/{checked}" + (f" (not: {', '.join(failed)})" if failed else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="*", help="chapters to run (default: every notebooks/NN_*.ipynb)")
+    parser.add_argument("--profile", default="auto", help="auto | smoke | cpu | paper (ACCEL_PROFILE overrides)")
+    parser.add_argument("--out", default=str(ROOT / "build"), help="folder for executed notebooks and results")
+    parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    args = parser.parse_args(argv)
+
+    from .session import resolve_profile
+
+    profile = resolve_profile(args.profile)  # fail fast on a bad name, before any kernel starts
+    os.environ.setdefault("MPLBACKEND", "agg")
+    out_dir = Path(args.out)
+    rows = []
+    for notebook in chapters(args.notebooks):
+        results_path, seconds = execute(notebook, out_dir, profile, args.timeout)
+        rows.append((notebook.stem, seconds, json.loads(results_path.read_text())))
+    print(summary(rows))
+    print(f"\nExecuted notebooks and results files: {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
