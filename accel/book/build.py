@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -48,6 +49,36 @@ def execute(notebook: Path, out_dir: Path, profile: str, timeout: int | None = N
     return results_path, time.perf_counter() - start
 
 
+def execute_inplace(notebook: Path, profile: str, force: bool = False) -> tuple[Path, float]:
+    """Re-execute a committed notebook in place (its outputs are what readers see on GitHub), recording the profile in
+    its metadata for ``make verify`` and the results under data/results/. Refuses to overwrite uncommitted edits."""
+    import nbformat
+    import papermill
+
+    if not force and subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "--", str(notebook)]).returncode:
+        raise SystemExit(f"{notebook} has uncommitted changes; commit them first (or pass --force to overwrite)")
+    results_path = ROOT / "data" / "results" / f"{notebook.stem}.{profile}.json"
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in ("ACCEL_PROFILE", "ACCEL_RESULTS_PATH")}
+    os.environ.update(ACCEL_PROFILE=profile, ACCEL_RESULTS_PATH=str(results_path))
+    start = time.perf_counter()
+    try:  # no parameters: papermill then adds no injected cell to the committed notebook
+        papermill.execute_notebook(str(notebook), str(notebook), kernel_name="python3", cwd=str(notebook.parent),
+                                   progress_bar={"desc": notebook.stem, "unit": "cell"})
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    seconds = time.perf_counter() - start
+    nb = nbformat.read(notebook, as_version=4)
+    nb.metadata["accel"] = {"profile": profile, "seconds": round(seconds, 1)}
+    nb.metadata.pop("papermill", None)  # timestamps and paths of this machine: noise in a diff
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    nbformat.write(nb, notebook)
+    return results_path, seconds
+
+
 def summary(rows: list[tuple[str, float, dict]]) -> str:
     lines = ["", "Key results (this run beside the paper)", "=" * 40]
     for name, seconds, results in rows:
@@ -57,7 +88,8 @@ def summary(rows: list[tuple[str, float, dict]]) -> str:
             lines.append(textwrap.indent(f"this run: {entry['this_run']}\npaper:    {entry['paper']}", "    "))
         failed = [n for n, c in results.get("claims", {}).items() if not c["passed"]]
         checked = len(results.get("claims", {}))
-        lines.append(f"  claims held: {checked - len(failed)}/{checked}" + (f" (not: {', '.join(failed)})" if failed else ""))
+        held = f"  claims held: {checked - len(failed)}/{checked}"
+        lines.append(held + (f" (not: {', '.join(failed)})" if failed else ""))
     return "\n".join(lines)
 
 
@@ -67,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="auto", help="auto | smoke | cpu | paper (ACCEL_PROFILE overrides)")
     parser.add_argument("--out", default=str(ROOT / "build"), help="folder for executed notebooks and results")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    parser.add_argument("--inplace", action="store_true", help="re-execute the committed notebooks in place")
+    parser.add_argument("--force", action="store_true", help="with --inplace: overwrite uncommitted notebook edits")
     args = parser.parse_args(argv)
 
     from .session import resolve_profile
@@ -76,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     rows = []
     for notebook in chapters(args.notebooks):
-        results_path, seconds = execute(notebook, out_dir, profile, args.timeout)
+        if args.inplace:
+            results_path, seconds = execute_inplace(notebook, profile, args.force)
+        else:
+            results_path, seconds = execute(notebook, out_dir, profile, args.timeout)
         rows.append((notebook.stem, seconds, json.loads(results_path.read_text())))
     print(summary(rows))
-    print(f"\nExecuted notebooks and results files: {out_dir}")
+    print(f"\nExecuted notebooks and results files: {ROOT / 'notebooks' if args.inplace else out_dir}")
     return 0
 
 

@@ -110,7 +110,7 @@ def explorer(
 
         button.on_click(on_click)
         children += [button, live]
-    box = widgets.VBox(children + [figure_area])
+    box = widgets.VBox(children + [figure_area], layout=widgets.Layout(padding="4px 12px"))
     box.add_class("accel-explorer")
     refresh(draw=not show_static)  # the static figure above already shows the initial setting
     display(box)

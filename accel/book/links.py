@@ -44,7 +44,8 @@ def _slug(url: str) -> str:
 
 
 def colab_url(notebook: str, url: str | None = None, branch: str = "main") -> str:
-    return f"https://colab.research.google.com/github/{_slug(url or repository_url())}/blob/{branch}/notebooks/{notebook}"
+    slug = _slug(url or repository_url())
+    return f"https://colab.research.google.com/github/{slug}/blob/{branch}/notebooks/{notebook}"
 
 
 def colab_badge(notebook: str, url: str | None = None) -> str:

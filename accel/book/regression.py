@@ -58,9 +58,8 @@ def compare(results: dict[str, Any], reference: dict[str, Any]) -> list[str]:
         if got is None:
             problems.append(f"metric {name!r} missing from the results")
         elif not within(got["value"], ref["value"], ref["abs"], ref["rel"]):
-            problems.append(
-                f"metric {name!r} = {got['value']} outside reference {ref['value']} (abs {ref['abs']}, rel {ref['rel']})"
-            )
+            tolerance = f"abs {ref['abs']}, rel {ref['rel']}"
+            problems.append(f"metric {name!r} = {got['value']} outside reference {ref['value']} ({tolerance})")
     for name in results["metrics"].keys() - reference["metrics"].keys():
         problems.append(f"metric {name!r} is new: regenerate the reference (make references)")
     for name, ref in reference["tables"].items():
@@ -98,6 +97,27 @@ def diff_references(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
             if old[section].get(name) != new[section].get(name):
                 lines.append(f"{section[:-1]} {name}: {old[section].get(name)} -> {new[section].get(name)}")
     return lines
+
+
+def run_smoke(notebook: Path, out_dir: Path) -> dict[str, Any]:
+    """Execute ``notebook`` in the smoke profile (a fresh kernel, ACCEL_PROFILE ignored) and return its results."""
+    import os
+
+    import papermill
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / f"{notebook.stem}.smoke.json"
+    results_path.unlink(missing_ok=True)
+    saved = os.environ.pop("ACCEL_PROFILE", None)
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(out_dir / notebook.name), kernel_name="python3", cwd=str(notebook.parent),
+            parameters={"PROFILE": "smoke", "RESULTS_PATH": str(results_path)}, progress_bar=False,
+        )
+    finally:
+        if saved is not None:
+            os.environ["ACCEL_PROFILE"] = saved
+    return load(results_path)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Everything here runs on the reader's machine; nothing is a constant from elsewhe
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -289,7 +290,10 @@ def overlap_law_check(cfg: Config, device: torch.device, seed: int = 0, progress
     from tqdm.auto import tqdm
 
     rows = []
-    median = lambda measure: float(np.median([measure() for _ in range(cfg.repeats)]))  # noqa: E731
+
+    def median(measure, *args) -> float:
+        return float(np.median([measure(*args) for _ in range(cfg.repeats)]))
+
     with single_threaded():
         model, optimizer = make_model(cfg, device, seed)
         t_down_probe = downstream_seconds(model, optimizer, make_data(cfg, 1, seed), cfg, 20, device)
@@ -297,8 +301,8 @@ def overlap_law_check(cfg: Config, device: torch.device, seed: int = 0, progress
         for ratio in cfg.ratios:
             work = calibrate_work(cfg, ratio * t_down_probe, seed)
             dataset = make_data(cfg, work, seed)
-            t_up = median(lambda: upstream_seconds(dataset, cfg, max(8, cfg.law_steps // 4), seed))
-            t_down = median(lambda: downstream_seconds(model, optimizer, dataset, cfg, 20, device))
+            t_up = median(upstream_seconds, dataset, cfg, max(8, cfg.law_steps // 4), seed)
+            t_down = median(downstream_seconds, model, optimizer, dataset, cfg, 20, device)
             for e in cfg.echo_factors:
                 runs = [train_pipelined(model, optimizer, dataset, cfg, echo_factor=e, steps=cfg.law_steps,
                                         seed=seed + r, device=device) for r in range(cfg.repeats)]
@@ -343,7 +347,7 @@ def ledger_example(cfg: Config, device: torch.device, seed: int = 0, echo_factor
         for e in echo_factors:
             model, optimizer = make_model(cfg, device, seed)
             run = train_pipelined(model, optimizer, dataset, cfg, echo_factor=e, steps=cfg.ledger_max_steps,
-                                  seed=seed, device=device, evaluate=lambda: accuracy(model, xv, yv),
+                                  seed=seed, device=device, evaluate=functools.partial(accuracy, model, xv, yv),
                                   eval_every=cfg.eval_every)
             hit = next((point for point in run.curve if point[3] >= cfg.ledger_target), None)
             entries.append(LedgerEntry(

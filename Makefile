@@ -1,0 +1,51 @@
+# The two commands: `make book` (run every chapter, print key results) and `make test` (the whole test suite).
+# Both create .venv on first use; later runs re-use it and start in seconds.
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.accel-installed
+# A CPU build of torch, installed only when the venv cannot already import one (the venv sees system packages, so a
+# torch you already have is re-used). Override for another build, e.g. TORCH_SPEC="torch==2.14.1".
+TORCH_SPEC ?= torch==2.13.0
+PROFILE    ?= auto
+PIP        := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: book test lab verify references outputs setup clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC) (CPU)"; $(PIP) install "$(TORCH_SPEC)"; }
+	$(PIP) install -e ".[book,dev]"
+	@touch $@
+
+## make book: execute every chapter (profile auto; ACCEL_PROFILE=smoke|cpu|paper overrides) into build/
+book: $(STAMP)
+	$(PY) -m accel.book.build --profile $(PROFILE)
+
+## make test: the whole test suite (unit tests, smoke notebooks vs references, the browser test)
+test: $(STAMP)
+	$(PY) -m pytest
+
+## make lab: JupyterLab on notebooks/
+lab: $(STAMP)
+	$(PY) -m jupyter lab notebooks/
+
+## make verify: slow; the cpu-profile claim tests, then nbval on the committed notebooks in their recorded profile
+verify: $(STAMP)
+	$(PY) -m pytest -m claims tests/claims
+	$(PY) -m accel.book.verify
+
+## make references: re-run every chapter in smoke and rewrite tests/reference/, printing what changed
+references: $(STAMP)
+	$(PY) -m accel.book.references
+
+## make outputs: re-execute the committed notebooks in place (profile cpu unless PROFILE=...), for committing
+outputs: $(STAMP)
+	$(PY) -m accel.book.build --inplace --profile $(if $(filter auto,$(PROFILE)),cpu,$(PROFILE))
+
+clean:
+	rm -rf build $(VENV)
