@@ -90,8 +90,10 @@ def diff_references(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
         a, b = old["metrics"].get(name), new["metrics"].get(name)
         if a is None or b is None:
             lines.append(f"metric {name}: {'added' if a is None else 'removed'}")
-        elif a != b:
-            lines.append(f"metric {name}: {a['value']} -> {b['value']}")
+        elif (a["abs"], a["rel"], a["unit"]) != (b["abs"], b["rel"], b["unit"]):
+            lines.append(f"metric {name}: tolerance abs {a['abs']}, rel {a['rel']} -> abs {b['abs']}, rel {b['rel']}")
+        elif a["value"] != b["value"] and (b["abs"] is not None or b["rel"] is not None):
+            lines.append(f"metric {name}: {a['value']} -> {b['value']}")  # uncompared (timing) values are noise
     for section in ("tables", "claims"):
         for name in sorted(old[section].keys() | new[section].keys()):
             if old[section].get(name) != new[section].get(name):

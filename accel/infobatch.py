@@ -1,0 +1,274 @@
+"""InfoBatch: unbiased dynamic data pruning (Qin et al., ICLR 2024, arXiv 2303.04947), as a Sampler.
+
+The algorithm. Each sample z has a score H(z): its own loss the last time it was trained (1.0 before that; samples
+not trained in an epoch keep their old score). At the start of epoch t, with C = num_epochs and r = prune_ratio:
+
+  1. threshold = the mean of H over the whole dataset (no sorting: O(1) work per sample);
+  2. D1 = the well-learned samples, H(z) < threshold; every sample with H(z) >= threshold is kept;
+  3. exactly int((1 - r) * |D1|) samples of D1 are kept, drawn without replacement, the rest skip this epoch;
+  4. the loss of each kept D1 sample is multiplied by 1 / (1 - r), so the epoch's expected gradient
+     E[sum over kept z of w(z) * grad L(z)] equals the full-data gradient sum over all z of grad L(z);
+  5. the union is shuffled and trained on.
+
+Annealing: from epoch t >= delta * C on, every sample is used with weight 1, which removes what little bias the
+pruning leaves before training ends. Epoch 0 prunes nothing: all scores start equal, so none is below the mean.
+
+Three defects of the official code that this file avoids (each has a regression test in tests/test_infobatch.py):
+  1. its weights go back to 1 only when delta * C is a whole number (C = 10, delta = 0.875 keeps 1/(1-r) on the
+     annealing epochs); here annealing is the real-number test `epoch >= delta * num_epochs`;
+  2. it calls np.random.seed(epoch) on the global NumPy generator, silently reseeding the user's randomness; here each
+     epoch is drawn by its own torch.Generator seeded from (seed, epoch), and no global random state is touched;
+  3. len(loader) is read before the list is rebuilt, so step-based schedules see last epoch's length; here
+     set_epoch draws the list, and len(sampler) is right as soon as it returns.
+
+Resuming: an epoch's list is a pure function of (seed, epoch, the scores at set_epoch), so no generator state needs
+saving. state_dict() holds the seed, the epoch, the scores and the current list and weights (for a mid-epoch resume,
+when the scores have moved on since the draw); a resumed run then draws the same lists as an uninterrupted one.
+
+Distributed: every rank draws the same global list (same seed, same scores). It is padded to a multiple of
+num_replicas by repeating its first entries (as DistributedSampler does without drop_last), and rank k takes
+list[k::num_replicas]: every kept sample is trained, fewer than num_replicas of them twice. update() all-gathers the
+(index, loss) pairs so that all ranks keep identical scores. With num_replicas > 1 but torch.distributed not
+initialised (tests, or ranks that never talk), update() stores only this rank's own losses.
+
+Usage (per-sample losses, reduction="none"; the loader must not shuffle, the sampler does):
+
+    sampler = InfoBatch(len(train_set), num_epochs, prune_ratio=0.5, delta=0.875)
+    loader = DataLoader(WithIndex(train_set), batch_size=128, sampler=sampler)
+    for epoch in range(num_epochs):
+        sampler.set_epoch(epoch)
+        for index, x, y in loader:
+            loss = sampler.update(index, F.cross_entropy(model(x), y, reduction="none"))
+            ...
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+
+def _invalid(name: str, value, expected: str) -> ValueError:
+    return ValueError(f"Invalid {name}: {value!r}; expected {expected}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # SeedSequence mixes (seed, epoch) into a well-spread 64-bit seed: no collisions like seed * K + epoch could have.
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0])
+
+
+class InfoBatch(Sampler[int]):
+    """Sampler that prunes well-learned samples each epoch and reweights the rest (see the module docstring).
+
+    num_samples: dataset size N. num_epochs: C, the total epochs of the run (for annealing).
+    prune_ratio: r, the fraction of below-mean samples skipped, 0 <= r < 1. delta: annealing starts at delta * C.
+    seed: the draws are a function of (seed, epoch, scores). num_replicas, rank: default to torch.distributed's
+    world size and rank when it is initialised, else 1 and 0.
+    After construction the sampler behaves as if set_epoch(0) had been called (full data).
+    """
+
+    def __init__(self, num_samples: int, num_epochs: int, prune_ratio: float = 0.5, delta: float = 0.875, *,
+                 seed: int = 0, num_replicas: int | None = None, rank: int | None = None):
+        if not _is_int(num_samples) or num_samples < 1:
+            raise _invalid("num_samples", num_samples, "an int >= 1")
+        if not _is_int(num_epochs) or num_epochs < 1:
+            raise _invalid("num_epochs", num_epochs, "an int >= 1")
+        if not (isinstance(prune_ratio, numbers.Real) and 0 <= prune_ratio < 1):
+            raise _invalid("prune_ratio", prune_ratio, "0 <= prune_ratio < 1")
+        if not (isinstance(delta, numbers.Real) and 0 < delta <= 1):
+            raise _invalid("delta", delta, "0 < delta <= 1")
+        if not _is_int(seed) or seed < 0:
+            raise _invalid("seed", seed, "an int >= 0")
+        initialised = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if initialised else 1
+        if not _is_int(num_replicas) or num_replicas < 1:
+            raise _invalid("num_replicas", num_replicas, "an int >= 1")
+        if rank is None:
+            rank = dist.get_rank() if initialised else 0
+        if not _is_int(rank) or not 0 <= rank < num_replicas:
+            raise _invalid("rank", rank, f"an int with 0 <= rank < num_replicas = {num_replicas}")
+        self.num_samples, self.num_epochs = int(num_samples), int(num_epochs)
+        self.prune_ratio, self.delta, self.seed = float(prune_ratio), float(delta), int(seed)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.history: list[dict] = []  # one {"epoch", "used", "pruned"} per epoch drawn; "used" excludes padding
+        self._scores = torch.ones(self.num_samples)  # [N] float32; moves to the losses' device on update
+        self._epoch = -1
+        self.set_epoch(0)
+
+    # ----------------------------------------------------------------------------------------------- the draw
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw epoch `epoch`'s list from the current scores. Calling it again for the same epoch changes nothing."""
+        if not _is_int(epoch) or epoch < 0:
+            raise _invalid("epoch", epoch, "an int >= 0")
+        epoch = int(epoch)
+        if epoch == self._epoch:
+            return
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))  # CPU, private to this draw
+        weights = torch.ones(self.num_samples)
+        if epoch >= self.delta * self.num_epochs or self.prune_ratio == 0:  # annealing: full data, weight 1
+            kept = torch.arange(self.num_samples)
+        else:
+            scores = self._scores.double()  # float64: a constant score equals its own mean exactly
+            below = (scores < scores.mean()).cpu()  # [N] bool; the one host sync of the draw
+            well_learned = below.nonzero().squeeze(1)  # D1
+            num_keep = int((1 - self.prune_ratio) * len(well_learned))
+            kept_below = well_learned[torch.randperm(len(well_learned), generator=generator)[:num_keep]]
+            weights[kept_below] = 1 / (1 - self.prune_ratio)
+            kept = torch.cat([(~below).nonzero().squeeze(1), kept_below])
+        order = kept[torch.randperm(len(kept), generator=generator)]
+        self._install(epoch, order, weights)
+        self.history = [h for h in self.history if h["epoch"] != epoch]
+        self.history.append({"epoch": epoch, "used": len(order), "pruned": self.num_samples - len(order)})
+
+    def _install(self, epoch: int, order: torch.Tensor, weights: torch.Tensor) -> None:
+        """Make `order` ([L] int64, the global list) and `weights` ([N] float32) current; split off this rank's part."""
+        total = math.ceil(len(order) / self.num_replicas) * self.num_replicas
+        padded = order.repeat(math.ceil(total / len(order)))[:total]  # repeat from the start up to a multiple
+        self._epoch, self._order, self._local = epoch, order, padded[self.rank :: self.num_replicas]
+        member = torch.zeros(self.num_samples, dtype=torch.bool)
+        member[self._local] = True
+        device = self._scores.device
+        self._weights, self._member = weights.to(device, torch.float32), member.to(device)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._local.tolist())
+
+    def __len__(self) -> int:
+        return len(self._local)
+
+    # ---------------------------------------------------------------------------------------- weights and scores
+
+    def weights(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Loss weights [B] float32 for indices [B] of this epoch's list: 1/(1-r) on kept below-mean samples, else 1."""
+        index = self._as_index(indices, self._scores.device)
+        self._check(index)
+        return self._weights[index]
+
+    def update(self, indices: torch.Tensor | Sequence[int], losses: torch.Tensor) -> torch.Tensor:
+        """Store per-sample losses [B] as the scores of indices [B]; return the weighted mean loss (scalar) to backprop.
+
+        The check that indices belong to this epoch's list and that losses are finite costs one host sync, as
+        loss.item() would; the scores and weights live on the losses' device, so the rest stays on it.
+        """
+        if not isinstance(losses, torch.Tensor) or losses.ndim != 1 or not losses.is_floating_point():
+            is_tensor = isinstance(losses, torch.Tensor)
+            got = f"shape {tuple(losses.shape)}, dtype {losses.dtype}" if is_tensor else type(losses).__name__
+            raise ValueError(f"Invalid losses: expected a 1-D float tensor of per-sample losses "
+                             f"(reduction='none'), got {got}")
+        index = self._as_index(indices, losses.device)
+        if len(index) != len(losses):
+            raise ValueError(f"Invalid update: {len(index)} indices but {len(losses)} losses; expected equal lengths")
+        if len(index) == 0:
+            raise ValueError("Invalid update: empty batch; expected at least one sample")
+        if self._scores.device != losses.device:
+            self._scores, self._weights, self._member = (t.to(losses.device)
+                                                        for t in (self._scores, self._weights, self._member))
+        self._check(index, losses)
+        new_index, new_losses = index, losses.detach()
+        if self.num_replicas > 1 and dist.is_available() and dist.is_initialized():
+            new_index, new_losses = self._all_gather(index, new_losses)
+        self._scores.index_copy_(0, new_index, new_losses.to(self._scores.dtype))
+        return (losses * self._weights[index].to(losses.dtype)).mean()
+
+    def _as_index(self, indices, device: torch.device) -> torch.Tensor:
+        index = torch.as_tensor(indices)
+        if index.ndim != 1 or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise ValueError(f"Invalid indices: shape {tuple(index.shape)}, dtype {index.dtype}; "
+                             f"expected a 1-D tensor or sequence of ints")
+        return index.to(device, torch.long)
+
+    def _check(self, index: torch.Tensor, losses: torch.Tensor | None = None) -> None:
+        inside = (index >= 0) & (index < self.num_samples)
+        ok = self._member[index.clamp(0, self.num_samples - 1)] & inside
+        all_ok = ok.all() if losses is None else ok.all() & torch.isfinite(losses).all()
+        if bool(all_ok):  # the host sync; the rest of this function runs only to explain a failure
+            return
+        if not bool(ok.all()):
+            bad = int(index[(~ok).nonzero()[0, 0]])
+            raise ValueError(f"Index {bad} is not in epoch {self._epoch}'s list for rank {self.rank} of "
+                             f"{self.num_replicas} (num_samples = {self.num_samples})")
+        at = int((~torch.isfinite(losses)).nonzero()[0, 0])
+        raise ValueError(f"Non-finite loss {losses[at].item()} for index {int(index[at])}")
+
+    def _all_gather(self, index: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's (index [B_k], loss [B_k]) pairs, concatenated; the B_k may differ between ranks."""
+        packed = torch.stack([index.double(), losses.double()])  # [2, B]; indices < 2**53 are exact in float64
+        size = torch.tensor([packed.shape[1]], device=packed.device)
+        sizes = [torch.empty_like(size) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, size)
+        sizes = [int(s) for s in sizes]
+        padded = packed.new_zeros(2, max(sizes))
+        padded[:, : packed.shape[1]] = packed
+        gathered = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(gathered, padded)
+        both = torch.cat([g[:, :s] for g, s in zip(gathered, sizes)], dim=1)
+        return both[0].long(), both[1]
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """[N] float32: each sample's last loss (1.0 if never trained). Read-only: do not modify in place."""
+        return self._scores
+
+    # ---------------------------------------------------------------------------------------------- the ledger
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def total_used(self) -> int:
+        return sum(h["used"] for h in self.history)
+
+    @property
+    def total_pruned(self) -> int:
+        return sum(h["pruned"] for h in self.history)
+
+    @property
+    def saved_fraction(self) -> float:
+        """Sample-iterations skipped over the epochs drawn: total_pruned / (num_samples * epochs)."""
+        return self.total_pruned / (self.num_samples * len(self.history))
+
+    # ------------------------------------------------------------------------------------------------ resuming
+
+    def state_dict(self) -> dict:
+        """The run's state (CPU tensors, copies): enough for a resumed run to draw the same lists (module docstring)."""
+        return {"num_samples": self.num_samples, "num_epochs": self.num_epochs, "prune_ratio": self.prune_ratio,
+                "delta": self.delta, "seed": self.seed, "epoch": self._epoch, "scores": self._scores.cpu().clone(),
+                "order": self._order.clone(), "weights": self._weights.cpu().clone(),
+                "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict(); the run's settings must match. num_replicas and rank may differ (list re-split)."""
+        for key in ("num_samples", "num_epochs", "prune_ratio", "delta", "seed"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"Cannot load state with {key} = {state[key]!r} into a sampler with "
+                                 f"{key} = {getattr(self, key)!r}")
+        self._scores = state["scores"].to(self._scores.device, torch.float32).clone()
+        self._install(int(state["epoch"]), state["order"].cpu().long().clone(), state["weights"].cpu().clone())
+        self.history = [dict(h) for h in state["history"]]
+
+
+class WithIndex(Dataset):
+    """Wrap a map-style dataset so that dataset[i] -> (i, *dataset[i]) (or (i, sample) if the sample is no tuple)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple:
+        sample = self.dataset[index]
+        return (index, *sample) if isinstance(sample, tuple) else (index, sample)
