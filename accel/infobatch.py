@@ -77,8 +77,17 @@ class InfoBatch(Sampler[int]):
     After construction the sampler behaves as if set_epoch(0) had been called (full data).
     """
 
-    def __init__(self, num_samples: int, num_epochs: int, prune_ratio: float = 0.5, delta: float = 0.875, *,
-                 seed: int = 0, num_replicas: int | None = None, rank: int | None = None):
+    def __init__(
+        self,
+        num_samples: int,
+        num_epochs: int,
+        prune_ratio: float = 0.5,
+        delta: float = 0.875,
+        *,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
         if not _is_int(num_samples) or num_samples < 1:
             raise _invalid("num_samples", num_samples, "an int >= 1")
         if not _is_int(num_epochs) or num_epochs < 1:
@@ -109,7 +118,10 @@ class InfoBatch(Sampler[int]):
     # ----------------------------------------------------------------------------------------------- the draw
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw epoch `epoch`'s list from the current scores. Calling it again for the same epoch changes nothing."""
+        """Draw epoch `epoch`'s list from the current scores; len() is right at once.
+
+        Calling it again for the current epoch changes nothing (even after updates, or after load_state_dict).
+        """
         if not _is_int(epoch) or epoch < 0:
             raise _invalid("epoch", epoch, "an int >= 0")
         epoch = int(epoch)
@@ -129,8 +141,8 @@ class InfoBatch(Sampler[int]):
             kept = torch.cat([(~below).nonzero().squeeze(1), kept_below])
         order = kept[torch.randperm(len(kept), generator=generator)]
         self._install(epoch, order, weights)
-        self.history = [h for h in self.history if h["epoch"] != epoch]
-        self.history.append({"epoch": epoch, "used": len(order), "pruned": self.num_samples - len(order)})
+        record = {"epoch": epoch, "used": len(order), "pruned": self.num_samples - len(order)}
+        self.history = sorted([h for h in self.history if h["epoch"] != epoch] + [record], key=lambda h: h["epoch"])
 
     def _install(self, epoch: int, order: torch.Tensor, weights: torch.Tensor) -> None:
         """Make `order` ([L] int64, the global list) and `weights` ([N] float32) current; split off this rank's part."""
@@ -160,21 +172,24 @@ class InfoBatch(Sampler[int]):
         """Store per-sample losses [B] as the scores of indices [B]; return the weighted mean loss (scalar) to backprop.
 
         The check that indices belong to this epoch's list and that losses are finite costs one host sync, as
-        loss.item() would; the scores and weights live on the losses' device, so the rest stays on it.
+        loss.item() would (under torch.distributed, one more to all-gather the ranks' batch sizes). The scores and
+        weights move to the losses' device on the first update, so the scatter runs there with no per-sample Python.
         """
         if not isinstance(losses, torch.Tensor) or losses.ndim != 1 or not losses.is_floating_point():
             is_tensor = isinstance(losses, torch.Tensor)
             got = f"shape {tuple(losses.shape)}, dtype {losses.dtype}" if is_tensor else type(losses).__name__
-            raise ValueError(f"Invalid losses: expected a 1-D float tensor of per-sample losses "
-                             f"(reduction='none'), got {got}")
+            raise ValueError(
+                f"Invalid losses: expected a 1-D float tensor of per-sample losses (reduction='none'), got {got}"
+            )
         index = self._as_index(indices, losses.device)
         if len(index) != len(losses):
             raise ValueError(f"Invalid update: {len(index)} indices but {len(losses)} losses; expected equal lengths")
         if len(index) == 0:
             raise ValueError("Invalid update: empty batch; expected at least one sample")
         if self._scores.device != losses.device:
-            self._scores, self._weights, self._member = (t.to(losses.device)
-                                                        for t in (self._scores, self._weights, self._member))
+            self._scores, self._weights, self._member = (
+                t.to(losses.device) for t in (self._scores, self._weights, self._member)
+            )
         self._check(index, losses)
         new_index, new_losses = index, losses.detach()
         if self.num_replicas > 1 and dist.is_available() and dist.is_initialized():
@@ -185,8 +200,10 @@ class InfoBatch(Sampler[int]):
     def _as_index(self, indices, device: torch.device) -> torch.Tensor:
         index = torch.as_tensor(indices)
         if index.ndim != 1 or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
-            raise ValueError(f"Invalid indices: shape {tuple(index.shape)}, dtype {index.dtype}; "
-                             f"expected a 1-D tensor or sequence of ints")
+            raise ValueError(
+                f"Invalid indices: shape {tuple(index.shape)}, dtype {index.dtype}; "
+                f"expected a 1-D tensor or sequence of ints"
+            )
         return index.to(device, torch.long)
 
     def _check(self, index: torch.Tensor, losses: torch.Tensor | None = None) -> None:
@@ -197,8 +214,10 @@ class InfoBatch(Sampler[int]):
             return
         if not bool(ok.all()):
             bad = int(index[(~ok).nonzero()[0, 0]])
-            raise ValueError(f"Index {bad} is not in epoch {self._epoch}'s list for rank {self.rank} of "
-                             f"{self.num_replicas} (num_samples = {self.num_samples})")
+            raise ValueError(
+                f"Index {bad} is not in epoch {self._epoch}'s list for rank {self.rank} of "
+                f"{self.num_replicas} (num_samples = {self.num_samples})"
+            )
         at = int((~torch.isfinite(losses)).nonzero()[0, 0])
         raise ValueError(f"Non-finite loss {losses[at].item()} for index {int(index[at])}")
 
@@ -244,17 +263,26 @@ class InfoBatch(Sampler[int]):
 
     def state_dict(self) -> dict:
         """The run's state (CPU tensors, copies): enough for a resumed run to draw the same lists (module docstring)."""
-        return {"num_samples": self.num_samples, "num_epochs": self.num_epochs, "prune_ratio": self.prune_ratio,
-                "delta": self.delta, "seed": self.seed, "epoch": self._epoch, "scores": self._scores.cpu().clone(),
-                "order": self._order.clone(), "weights": self._weights.cpu().clone(),
-                "history": [dict(h) for h in self.history]}
+        return {
+            "num_samples": self.num_samples,
+            "num_epochs": self.num_epochs,
+            "prune_ratio": self.prune_ratio,
+            "delta": self.delta,
+            "seed": self.seed,
+            "epoch": self._epoch,
+            "scores": self._scores.cpu().clone(),
+            "order": self._order.clone(),
+            "weights": self._weights.cpu().clone(),
+            "history": [dict(h) for h in self.history],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore state_dict(); the run's settings must match. num_replicas and rank may differ (list re-split)."""
         for key in ("num_samples", "num_epochs", "prune_ratio", "delta", "seed"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"Cannot load state with {key} = {state[key]!r} into a sampler with "
-                                 f"{key} = {getattr(self, key)!r}")
+                raise ValueError(
+                    f"Cannot load state with {key} = {state[key]!r} into a sampler with {key} = {getattr(self, key)!r}"
+                )
         self._scores = state["scores"].to(self._scores.device, torch.float32).clone()
         self._install(int(state["epoch"]), state["order"].cpu().long().clone(), state["weights"].cpu().clone())
         self.history = [dict(h) for h in state["history"]]

@@ -36,8 +36,15 @@ def main() -> None:
         local = torch.tensor(list(sampler))
         batches = torch.split(local, batch_sizes(len(local), rank))
         returned = [sampler.update(b, loss_of(b, epoch)) for b in batches]
-        record["epochs"].append({"len": len(sampler), "local": local, "batches": list(batches),
-                                 "returned": torch.stack(returned), "scores": sampler.scores.clone()})
+        record["epochs"].append(
+            {
+                "len": len(sampler),
+                "local": local,
+                "batches": list(batches),
+                "returned": torch.stack(returned),
+                "scores": sampler.scores.clone(),
+            }
+        )
     torch.save(record, out_file)
     dist.destroy_process_group()
 

@@ -34,27 +34,28 @@ class Config:
     length: int = 128
     num_classes: int = 10
     noise: float = 0.6
-    width: int = 32
-    batch_size: int = 64
+    width: int = 64
+    batch_size: int = 128
     lr: float = 0.05
     breakdown_steps: int = 40  # timed steps for the per-stage breakdown
     warmup_steps: int = 5  # untimed steps first (allocator, worker start-up, caches)
     ratios: tuple[float, ...] = (0.5, 3.0)  # R = t_up / t_down at which the overlap law is checked
     echo_factors: tuple[float, ...] = (1, 1.5, 2, 3, 4)
-    law_steps: int = 60  # optimizer steps per pipeline measurement
+    law_steps: int = 48  # optimizer steps per pipeline measurement
     ledger_ratio: float = 3.0  # R for the ledger's e = 1 vs e = 2 comparison
     ledger_target: float = 0.9  # validation accuracy that counts as "reached"
-    ledger_max_steps: int = 400
+    ledger_max_steps: int = 240
     eval_every: int = 20
     num_val: int = 1024
-    repeats: int = 3  # each timing is the median of this many measurements
+    repeats: int = 2  # each timing is the median of this many measurements
 
 
 CONFIGS = {
-    "smoke": Config(num_samples=1024, breakdown_steps=6, warmup_steps=2, ratios=(3.0,), echo_factors=(1, 2),
-                    law_steps=12, ledger_max_steps=40, eval_every=10, num_val=256, ledger_target=0.3, repeats=1),
+    "smoke": Config(num_samples=1024, width=32, batch_size=64, breakdown_steps=6, warmup_steps=2, ratios=(3.0,),
+                    echo_factors=(1, 2), law_steps=12, ledger_max_steps=40, eval_every=10, num_val=256,
+                    ledger_target=0.3, repeats=1),
     "cpu": Config(),
-    "paper": Config(num_samples=50_000, width=128, batch_size=256, breakdown_steps=100, warmup_steps=10,
+    "paper": Config(num_samples=50_000, width=256, batch_size=256, repeats=3, breakdown_steps=100, warmup_steps=10,
                     law_steps=200, ledger_max_steps=2000, num_val=4096),
 }
 
