@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     from .session import resolve_profile
 
     profile = resolve_profile(args.profile)  # fail fast on a bad name, before any kernel starts
-    os.environ.setdefault("MPLBACKEND", "agg")
     out_dir = Path(args.out)
     rows = []
     for notebook in chapters(args.notebooks):

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(notebook.name)
             continue
         print(f"{notebook.name}: nbval in profile {profile}", flush=True)
-        env = dict(os.environ, ACCEL_PROFILE=profile, MPLBACKEND="agg")
+        env = dict(os.environ, ACCEL_PROFILE=profile)
         command = [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-o", "addopts=",
                    "-q", str(notebook)]
         if subprocess.run(command, env=env).returncode:
