@@ -8,7 +8,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch"}  # pip name -> conda-forge name where they differ
-PIP_ONLY = {"playwright"}  # kept in environment.yml's pip section
+PIP_ONLY = {"playwright", "mnist1d"}  # kept in environment.yml's pip section
 
 
 def split(requirement: str) -> tuple[str, str]:

@@ -278,13 +278,17 @@ def train(cfg: Config, data: Data, arm: Arm, seed: int, device: torch.device, *,
 
 def run_arms(cfg: Config, data: Data, arms: list[Arm], seeds, device: torch.device, desc: str = "",
              show_progress: bool = True) -> dict[str, list[Run]]:
-    """Every arm at every seed, with one progress bar over all epochs."""
+    """Every arm at every seed, with one progress bar over all epochs.
+
+    Seed-major order (all arms of seed 0, then of seed 1, ...): a shared machine's speed drifts over minutes, and
+    interleaving keeps that drift out of the wall-clock comparison between arms."""
     from tqdm.auto import tqdm
 
-    results: dict[str, list[Run]] = {}
+    results: dict[str, list[Run]] = {arm.name: [] for arm in arms}
     with tqdm(total=len(arms) * len(seeds) * cfg.epochs, desc=desc, unit="epoch", disable=not show_progress) as bar:
-        for arm in arms:
-            results[arm.name] = [train(cfg, data, arm, seed, device, progress=bar.update) for seed in seeds]
+        for seed in seeds:
+            for arm in arms:
+                results[arm.name].append(train(cfg, data, arm, seed, device, progress=bar.update))
     return results
 
 
