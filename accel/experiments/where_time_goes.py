@@ -41,7 +41,7 @@ class Config:
     warmup_steps: int = 5  # untimed steps first (allocator, worker start-up, caches)
     ratios: tuple[float, ...] = (0.5, 4.0)  # R = t_up / t_down at which the overlap law is checked
     echo_factors: tuple[float, ...] = (1, 1.5, 2, 3, 4)
-    law_steps: int = 30  # optimizer steps per pipeline measurement
+    law_steps: int = 24  # optimizer steps per pipeline measurement
     ledger_ratio: float = 4.0  # R for the ledger's e = 1 vs e = 2 comparison
     ledger_target: float = 0.9  # validation accuracy that counts as "reached"
     ledger_max_steps: int = 240

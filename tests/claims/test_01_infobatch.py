@@ -29,8 +29,8 @@ def test_infobatch_is_lossless_and_saves(table1):
     margin = max(0.5, 2 * max(full["accuracy_std"], ib["accuracy_std"]))
     assert ib["accuracy"] >= full["accuracy"] - margin, (ib, full)
     assert ib["saved"] >= 0.20, ib
-    # the saving is real work not done: wall clock falls with it (within 10 points of the sample saving)
-    assert ib["wall_saved"] >= ib["saved"] - 0.10, ib
+    # the saving is real work not done: wall clock falls with it (within 5 points of the sample saving)
+    assert abs(ib["wall_saved"] - ib["saved"]) <= 0.05, ib
 
 
 def test_static_random_pruning_is_worse_at_the_same_cost(table1):

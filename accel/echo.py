@@ -1,0 +1,416 @@
+"""Data echoing: reuse each fresh example e times when the input pipeline is the bottleneck (Choi et al., 2019,
+arXiv 1907.05550), for PyTorch data loaders.
+
+The method. An echo stage is inserted after the slowest part of the input pipeline and repeats every item that
+reaches it e times, e >= 1 being the echoing factor. A fractional e repeats each item floor(e) times plus once more
+with probability e - floor(e), so that every item is seen e times on average. A shuffle buffer after the echo stage
+(n items; for each new item, emit a uniformly random buffered one and put the new one in its place; drain in random
+order at the end) spreads the copies of an item apart, so that fewer of them land in the same batch.
+
+The time law. Let t_up be the time the upstream (read, decode, augment) takes to produce one fresh batch and t_down
+the time of one training step, with both running in parallel (DataLoader workers vs the training loop). One fresh
+batch then feeds e steps, which take max(t_up, e * t_down) in all, so
+
+    steps/s = e / max(t_up, e * t_down),        fresh examples/s = batch_size / max(t_up, e * t_down).
+
+With R = t_up / t_down, every echoed step is free while e <= R: the training loop would otherwise sit idle waiting
+for data. An echoed example is worth at most a fresh one, so the speedup in wall clock is at most min(e, R); beyond
+e = R extra copies slow the fresh-example rate down, and with R <= 1 there is nothing to hide and echoing cannot pay.
+Training time ~ (fresh examples needed / batch_size) * max(t_up, e * t_down): "fresh examples to a target" is the
+hardware-independent metric, proportional to time while e <= R.
+
+Three insertion points (the `point` argument of echoing_loader):
+  "before_augment"  example echoing before augmentation: read once, augment every copy afresh (copies differ);
+  "after_augment"   example echoing after augmentation: read and augment once, echo identical copies;
+  "batch"           batch echoing: read and augment once, collate, repeat whole batches (the buffer shuffles batches).
+The paper finds before > after > batch in fresh examples saved; batch echoing has the cheapest downstream.
+Echoing after the batches reach the accelerator (echo_batches) saves the host-to-device copy as well.
+
+Three entry points:
+  echo(items, factor)                        the echo stage (and shuffle buffer) over any iterable, lazily;
+  echoing_loader(dataset, batch_size=...)    a DataLoader-style pipeline whose expensive upstream runs in workers;
+  echo_batches(batches, factor)              device-side batch echoing: yields the same tensors again, no copy.
+
+How echoing_loader works. An IterableDataset runs inside each DataLoader worker (in the main process when
+num_workers = 0). For epoch t, all workers draw the same permutation of range(len(dataset)) from (seed, t); worker k of
+K takes positions k, k + K, k + 2K, ... of it (disjoint shards covering the dataset), reads its samples, applies the
+echo stage, augmentation where the insertion point puts it, and its own shuffle buffer, and yields samples that the
+DataLoader collates into batches in that worker (for "batch", the worker collates and echoes whole batches itself
+and the DataLoader passes them on with batch_size=None). The DataLoader then takes one batch from each worker in
+turn: cross-worker mixing is that round-robin, and the buffer mixes within a worker only. drop_last (like the
+DataLoader's for iterable datasets) drops each worker's last partial batch.
+Each worker yields (is_fresh, sample) pairs, True for the first copy of a sample, and a collate wrapper turns a
+batch of pairs into (fresh count, example count, batch); the main process adds the counts to `fresh_examples` and
+`examples` as it hands each batch to the caller, so they count exactly what the training loop received.
+
+Determinism and randomness. Nothing here touches the global random state of random, numpy or torch. All draws come
+from private generators: the permutation from (seed, epoch); the echo counts, the buffer and the generator handed to
+augment from (seed, epoch, worker id). The same (seed, epoch, num_workers) gives the same batches, and num_workers
+= 0 and 1 give the same batches. Like DistributedSampler, the epoch does not advance by itself: call
+set_epoch(epoch) before each epoch, or every epoch repeats the first one.
+
+Usage:
+
+    loader = echoing_loader(train_set, batch_size=128, factor=2, point="before_augment", augment=augment,
+                            shuffle_buffer=1024, num_workers=2, seed=0)
+    for epoch in range(num_epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            ...
+    print(loader.fresh_examples, loader.examples)  # upstream reads vs examples trained on
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+
+POINTS = ("before_augment", "after_augment", "batch")
+
+# ----------------------------------------------------------------------------------------------------- validation
+
+
+def _invalid(name: str, value, expected: str) -> ValueError:
+    return ValueError(f"Invalid {name}: {value!r}; expected {expected}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_factor(factor) -> float:
+    real = isinstance(factor, numbers.Real) and not isinstance(factor, bool)
+    if not (real and math.isfinite(factor) and factor >= 1):
+        raise _invalid("factor", factor, "a number >= 1")
+    return float(factor)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if not _is_int(value) or value < minimum:
+        raise _invalid(name, value, f"an int >= {minimum}")
+    return int(value)
+
+
+def _check_seed(seed, allow_none: bool) -> int | None:
+    if seed is None and allow_none:
+        return None
+    if not _is_int(seed) or seed < 0:
+        raise _invalid("seed", seed, "an int >= 0 or None" if allow_none else "an int >= 0")
+    return int(seed)
+
+
+def _check_callable(name: str, value) -> None:
+    if value is not None and not callable(value):
+        raise _invalid(name, value, "a callable or None")
+
+
+# ------------------------------------------------------------------------------------------- the echo stage
+
+
+def _repeats(items: Iterable, factor: float, rng: np.random.Generator) -> Iterator[tuple[int, object]]:
+    """Yield (copy number, item): each item floor(factor) times, once more with probability factor - floor(factor)."""
+    whole = math.floor(factor)
+    extra = factor - whole
+    for item in items:
+        count = whole + int(extra > 0 and rng.random() < extra)  # no draw for an integer factor
+        for copy in range(count):
+            yield copy, item
+
+
+def _shuffled(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
+    """A shuffle buffer of `size` items (0: pass through); reads one item ahead of each output once full."""
+    if size == 0:
+        yield from items
+        return
+    buffer = []
+    for item in items:
+        if len(buffer) < size:  # filling
+            buffer.append(item)
+            continue
+        slot = int(rng.integers(size))
+        yield buffer[slot]
+        buffer[slot] = item
+    for slot in rng.permutation(len(buffer)):  # drain in random order
+        yield buffer[slot]
+
+
+def echo(items: Iterable, factor: float, *, shuffle_buffer: int = 0, seed: int | None = None) -> Iterator:
+    """Repeat each item of `items` floor(factor) times, plus once more with probability factor - floor(factor).
+
+    items: any iterable, infinite ones included; read lazily, one item at a time (with a buffer of n, about
+    n / factor + 1 items are read before the first output). Items are yielded as they are (the same objects, no copy).
+    shuffle_buffer: 0 yields the copies of an item next to each other; n > 0 passes the echoed stream through a
+    shuffle buffer of n items, which spreads copies about n positions apart and keeps the multiset of outputs.
+    seed: the echo counts and the buffer draw from a private numpy Generator seeded with it (None: fresh OS entropy).
+    Arguments are checked when echo is called, not at the first next().
+    """
+    factor = _check_factor(factor)
+    shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 0)
+    seed = _check_seed(seed, allow_none=True)
+    source = iter(items)  # fails now, not later, for a non-iterable
+    rng = np.random.default_rng(seed)
+    return (item for _, item in _shuffled(_repeats(source, factor, rng), shuffle_buffer, rng))
+
+
+# ------------------------------------------------------------------------------------------ augmentation calls
+
+
+def _takes_generator(augment: Callable) -> bool:
+    """True if augment has two or more named positional parameters: then it is called as augment(x, generator)."""
+    target = augment.forward if isinstance(augment, torch.nn.Module) else augment  # Module.__call__ is (*args)
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature: call with one argument
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in parameters) >= 2
+
+
+def _augmenter(augment: Callable | None, generator: torch.Generator) -> Callable:
+    if augment is None:
+        return lambda sample: sample
+    if _takes_generator(augment):
+        return lambda sample: augment(sample, generator)
+    return augment
+
+
+def _seed_sequence(seed: int, epoch: int, *key: int) -> np.random.SeedSequence:
+    """Independent random streams, one per key: (0,) the permutation, (1,) the DataLoader, (2, worker, i) workers."""
+    return np.random.SeedSequence([seed, epoch], spawn_key=key)
+
+
+def _torch_seed(seed_sequence: np.random.SeedSequence) -> int:
+    return int(seed_sequence.generate_state(1, dtype=np.uint64)[0])
+
+
+# ------------------------------------------------------------------------------------------------- the loader
+
+
+def _unchanged(batch):
+    return batch
+
+
+class _CountingCollate:
+    """Collate a list of (is_fresh, sample) pairs into (fresh count, example count, collated batch).
+
+    A class rather than a closure so that it pickles into worker processes under any start method.
+    """
+
+    def __init__(self, collate_fn: Callable):
+        self.collate_fn = collate_fn
+
+    def __call__(self, pairs: list) -> tuple[int, int, object]:
+        return sum(fresh for fresh, _ in pairs), len(pairs), self.collate_fn([sample for _, sample in pairs])
+
+
+class _EchoStream(IterableDataset):
+    """One epoch of one worker's shard: read, echo (augmenting where `point` says), buffer; see the module docstring.
+
+    Yields (is_fresh, sample) for the example points and (fresh count, example count, batch) for "batch".
+    """
+
+    def __init__(self, dataset, factor, point, augment, shuffle_buffer, batch_size, drop_last, collate_fn, seed):
+        self.dataset, self.factor, self.point, self.augment = dataset, factor, point, augment
+        self.shuffle_buffer, self.batch_size, self.drop_last = shuffle_buffer, batch_size, drop_last
+        self.collate_fn, self.seed = collate_fn, seed
+        self.epoch = 0  # set by EchoingLoader.set_epoch; workers get a fresh copy of this object every epoch
+
+    def __iter__(self) -> Iterator:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        order = np.random.default_rng(_seed_sequence(self.seed, self.epoch, 0)).permutation(len(self.dataset))
+        shard = order[worker::num_workers].tolist()  # all workers draw the same order and take disjoint slices
+        rng = np.random.default_rng(_seed_sequence(self.seed, self.epoch, 2, worker, 0))
+        generator = torch.Generator().manual_seed(_torch_seed(_seed_sequence(self.seed, self.epoch, 2, worker, 1)))
+        augment = _augmenter(self.augment, generator)
+        raw = (self.dataset[index] for index in shard)  # the expensive read happens here, lazily
+
+        if self.point == "before_augment":
+            tagged = ((copy == 0, augment(sample)) for copy, sample in _repeats(raw, self.factor, rng))
+        elif self.point == "after_augment":
+            augmented = (augment(sample) for sample in raw)
+            tagged = ((copy == 0, sample) for copy, sample in _repeats(augmented, self.factor, rng))
+        else:  # "batch": collate here, echo whole batches
+            batches = _repeats(self._collated(augment(sample) for sample in raw), self.factor, rng)
+            tagged = ((size if copy == 0 else 0, size, batch) for copy, (size, batch) in batches)
+        return _shuffled(tagged, self.shuffle_buffer, rng)
+
+    def _collated(self, samples: Iterator) -> Iterator[tuple[int, object]]:
+        chunk = []
+        for sample in samples:
+            chunk.append(sample)
+            if len(chunk) == self.batch_size:
+                yield len(chunk), self.collate_fn(chunk)
+                chunk = []
+        if chunk and not self.drop_last:
+            yield len(chunk), self.collate_fn(chunk)
+
+
+class EchoingLoader:
+    """Iterable of collated batches, one pass over the dataset's fresh examples per iteration (see echoing_loader).
+
+    fresh_examples: examples read from the dataset and received by the caller, summed over all iterations so far.
+    examples: examples received in all (fresh + echoed copies). echoed_examples = examples - fresh_examples.
+    loader: the underlying torch DataLoader (yields (fresh count, example count, batch) triples).
+    """
+
+    def __init__(self, stream: _EchoStream, loader: DataLoader, generator: torch.Generator, num_workers: int):
+        self.stream, self.loader, self._generator, self._num_workers = stream, loader, generator, num_workers
+        self.fresh_examples = 0
+        self.examples = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+    @property
+    def echoed_examples(self) -> int:
+        return self.examples - self.fresh_examples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch: the permutation and every draw are functions of (seed, epoch, worker id)."""
+        self.stream.epoch = _check_int("epoch", epoch, 0)
+
+    def __iter__(self) -> Iterator:
+        # The DataLoader draws its workers' base seed from this generator (from the global torch RNG without one):
+        # reseeding it per epoch keeps the global RNG untouched and worker seeds a function of (seed, epoch).
+        self._generator.manual_seed(_torch_seed(_seed_sequence(self.stream.seed, self.stream.epoch, 1)))
+        for fresh, examples, batch in self.loader:
+            self.fresh_examples += int(fresh)
+            self.examples += int(examples)
+            yield batch
+
+    def __len__(self) -> int:
+        """Batches per epoch, exact for an integer factor; a fractional factor makes it random: TypeError (no len)."""
+        stream = self.stream
+        if not stream.factor.is_integer():
+            raise TypeError(f"len() of an EchoingLoader with a fractional factor ({stream.factor}) is random")
+        factor, workers = int(stream.factor), max(self._num_workers, 1)
+
+        def batches(examples: int) -> int:  # one worker's batches from `examples` samples
+            return examples // stream.batch_size if stream.drop_last else math.ceil(examples / stream.batch_size)
+
+        total = 0
+        for worker in range(workers):
+            shard = len(range(worker, len(stream.dataset), workers))
+            total += factor * batches(shard) if stream.point == "batch" else batches(factor * shard)
+        return total
+
+
+def echoing_loader(
+    dataset,
+    *,
+    batch_size: int,
+    factor: float,
+    point: str,
+    augment: Callable | None = None,
+    shuffle_buffer: int = 0,
+    num_workers: int = 0,
+    seed: int = 0,
+    drop_last: bool = False,
+    collate_fn: Callable | None = None,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+) -> EchoingLoader:
+    """A data loader that echoes each fresh example `factor` times at insertion `point` (see the module docstring).
+
+    dataset: map-style (len(dataset), dataset[i]); dataset[i] is the expensive read and runs in the workers.
+    batch_size: examples per batch B; batches are collate_fn(list of samples) (default_collate: x [B, ...], y [B]).
+    factor: e >= 1; fractional e echoes floor(e) times plus once with probability e - floor(e).
+    point: "before_augment", "after_augment" or "batch".
+    augment: applied to one sample as dataset[i] returns it (before collation), in the workers. If it has two or more
+    named positional parameters it is called as augment(sample, generator), generator a CPU torch.Generator seeded
+    from (seed, epoch, worker id): draw from it and augmentation is reproducible. Otherwise it is called as
+    augment(sample) (a torch.nn.Module: judged by its forward), and its randomness is its own business.
+    shuffle_buffer: per-worker buffer size, in samples (in batches for "batch"); 0 keeps copies adjacent.
+    num_workers, prefetch_factor, pin_memory: as for DataLoader (prefetch_factor is ignored when num_workers = 0).
+    seed: the permutation, echo counts, buffer and augment generators derive from (seed, epoch, worker id).
+    drop_last: drop each worker's last partial batch.
+    Returns an EchoingLoader: iterate it for one epoch, call set_epoch between epochs; it counts fresh_examples and
+    examples; len() is exact for an integer factor and raises TypeError for a fractional one.
+    """
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(f"dataset must be map-style (define __len__ and __getitem__), got {type(dataset).__name__}")
+    batch_size = _check_int("batch_size", batch_size, 1)
+    factor = _check_factor(factor)
+    if point not in POINTS:
+        raise _invalid("point", point, "one of " + ", ".join(repr(name) for name in POINTS))
+    _check_callable("augment", augment)
+    shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 0)
+    num_workers = _check_int("num_workers", num_workers, 0)
+    seed = _check_seed(seed, allow_none=False)
+    _check_callable("collate_fn", collate_fn)
+    prefetch_factor = _check_int("prefetch_factor", prefetch_factor, 1)
+    collate_fn = collate_fn or default_collate
+
+    stream = _EchoStream(dataset, factor, point, augment, shuffle_buffer, batch_size, bool(drop_last), collate_fn, seed)
+    generator = torch.Generator()
+    if point == "batch":  # the workers yield finished batches
+        batching = dict(batch_size=None, collate_fn=_unchanged)
+    else:
+        batching = dict(batch_size=batch_size, drop_last=bool(drop_last), collate_fn=_CountingCollate(collate_fn))
+    loader = DataLoader(
+        stream,
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        pin_memory=pin_memory,
+        generator=generator,
+        **batching,
+    )
+    return EchoingLoader(stream, loader, generator, num_workers)
+
+
+# ------------------------------------------------------------------------------------------ device-side echoing
+
+
+def _device_of(batch) -> torch.device:
+    """The device of the first accelerator tensor in a (nested tuple / list / dict) batch; CPU if there is none."""
+    if isinstance(batch, torch.Tensor):
+        return batch.device
+    children = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for child in children:
+        device = _device_of(child)
+        if device.type != "cpu":
+            return device
+    return torch.device("cpu")
+
+
+def echo_batches(
+    batches: Iterable, factor: float, *, seed: int | None = None, augment: Callable | None = None
+) -> Iterator:
+    """Batch echoing on the accelerator: yield each batch floor(factor) times, plus once with the fractional chance.
+
+    batches: any iterable of batches (tensors, or tuples / lists / dicts of them, e.g. x [B, ...] and y [B]) that
+    the training loop has already moved to the device. Without augment, every copy is the very same object: nothing
+    is copied, nothing is transferred again. With augment, copies after the first are augment(batch, generator)
+    (same calling rule as echoing_loader: augment(batch) if it has fewer than two named positional parameters), the
+    generator a torch.Generator on the batch's device, seeded from `seed`, so the re-augmentation runs on the device.
+    The echo counts are drawn on the host from a private numpy Generator (seed None: fresh OS entropy): no sync.
+    """
+    factor = _check_factor(factor)
+    seed = _check_seed(seed, allow_none=True)
+    _check_callable("augment", augment)
+    source = iter(batches)
+    rng = np.random.default_rng(seed)
+    return _echoed_batches(source, factor, rng, augment)
+
+
+def _echoed_batches(source: Iterator, factor: float, rng: np.random.Generator, augment: Callable | None) -> Iterator:
+    with_generator = augment is not None and _takes_generator(augment)
+    generators: dict[torch.device, torch.Generator] = {}  # one per device, created on first use
+    for copy, batch in _repeats(source, factor, rng):
+        if copy == 0 or augment is None:
+            yield batch
+        elif with_generator:
+            device = _device_of(batch)
+            if device not in generators:
+                generators[device] = torch.Generator(device=device).manual_seed(int(rng.integers(2**63)))
+            yield augment(batch, generators[device])
+        else:
+            yield augment(batch)

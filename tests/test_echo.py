@@ -1,0 +1,327 @@
+"""Tests for accel.echo: the echo stage, the echoing loader at its three insertion points, device-side echoing."""
+
+import itertools
+import math
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from accel.echo import echo, echo_batches, echoing_loader
+
+
+class Indexed(Dataset):
+    """Sample i is (tensor([i.]), i): the label identifies the item, the tensor shows augmentation."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        return torch.tensor([float(index)]), index
+
+
+def add_noise(sample, generator):
+    """Augmentation drawing from the generator it is given: adds a number in [0, 1) to x."""
+    x, label = sample
+    return x + torch.rand(1, generator=generator), label
+
+
+def labels_and_values(loader):
+    """All (label, x) pairs an epoch yields, in order."""
+    return [(int(label), float(value)) for x, y in loader for value, label in zip(x[:, 0], y)]
+
+
+def batches_as_lists(loader):
+    return [(x.tolist(), y.tolist()) for x, y in loader]
+
+
+# ---------------------------------------------------------------------------------------------------- echo()
+
+
+def test_integer_factor_repeats_exactly_and_adjacent():
+    assert list(echo([0, 1, 2], 3)) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert list(echo("ab", 1)) == ["a", "b"]
+    item = object()
+    assert all(copy is item for copy in echo([item], 2))  # the same object, no copies
+
+
+def test_fractional_factor_averages_to_factor():
+    counts = Counter(echo(range(10_000), 2.3, seed=0))
+    assert set(counts.values()) <= {2, 3}
+    assert len(counts) == 10_000
+    assert sum(counts.values()) / 10_000 == pytest.approx(2.3, rel=0.02)
+
+
+def test_seed_determinism():
+    assert list(echo(range(500), 1.5, shuffle_buffer=16, seed=3)) == list(
+        echo(range(500), 1.5, shuffle_buffer=16, seed=3)
+    )
+    assert list(echo(range(500), 1.5, seed=3)) != list(echo(range(500), 1.5, seed=4))
+    assert list(echo(range(500), 2, shuffle_buffer=16, seed=3)) != list(echo(range(500), 2, shuffle_buffer=16, seed=4))
+
+
+def test_lazy_on_infinite_and_counting_generators():
+    assert len(list(itertools.islice(echo(itertools.count(), 2.5, shuffle_buffer=8, seed=0), 100))) == 100
+
+    def counting(consumed):
+        for i in itertools.count():
+            consumed.append(i)
+            yield i
+
+    for buffer in (0, 1, 8, 64):
+        for factor in (1, 2, 1.5):
+            consumed = []
+            next(echo(counting(consumed), factor, shuffle_buffer=buffer, seed=0))
+            assert 1 <= len(consumed) <= buffer + 1
+    consumed = []
+    next(echo(counting(consumed), 1, shuffle_buffer=8))
+    assert len(consumed) == 9  # fill 8, read the 9th, emit
+
+
+def mean_copy_distance(sequence):
+    positions = {}
+    for position, item in enumerate(sequence):
+        positions.setdefault(item, []).append(position)
+    return np.mean([p[1] - p[0] for p in positions.values()])
+
+
+def test_buffer_spreads_copies_and_keeps_multiset():
+    items = list(range(2000))
+    distances = []
+    for buffer in (0, 16, 256):
+        out = list(echo(items, 2, shuffle_buffer=buffer, seed=0))
+        assert sorted(out) == sorted(items * 2)
+        distances.append(mean_copy_distance(out))
+    assert distances[0] == 1
+    assert distances[0] < distances[1] < distances[2]
+
+
+def global_states():
+    return random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state().clone()
+
+
+def test_global_rng_untouched():
+    before = global_states()
+    list(echo(range(100), 1.7, shuffle_buffer=10))
+    list(echo(range(100), 1.7, shuffle_buffer=10, seed=1))
+    for point in ("before_augment", "after_augment", "batch"):
+        list(echoing_loader(Indexed(10), batch_size=3, factor=1.5, point=point, augment=add_noise, shuffle_buffer=4))
+    list(echo_batches([torch.zeros(2)] * 5, 2.5, augment=lambda b, g: b + torch.rand(b.shape, generator=g)))
+    after = global_states()
+    assert before[0] == after[0]
+    assert np.array_equal(before[1], after[1])
+    assert torch.equal(before[2], after[2])
+
+
+@pytest.mark.parametrize("factor", [0.5, 0, -1, True, math.nan, math.inf, "2", None])
+def test_echo_rejects_bad_factor(factor):
+    with pytest.raises(ValueError, match=r"Invalid factor: .*expected a number >= 1"):
+        echo(iter([]), factor)  # raised at call time, before any next()
+
+
+@pytest.mark.parametrize("buffer", [-1, 1.5, True, None])
+def test_echo_rejects_bad_shuffle_buffer(buffer):
+    with pytest.raises(ValueError, match="Invalid shuffle_buffer"):
+        echo([1], 2, shuffle_buffer=buffer)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "x"])
+def test_echo_rejects_bad_seed(seed):
+    with pytest.raises(ValueError, match="Invalid seed"):
+        echo([1], 2, seed=seed)
+
+
+def test_error_message_names_value_and_range():
+    with pytest.raises(ValueError) as error:
+        echo([1], 0.5)
+    assert str(error.value) == "Invalid factor: 0.5; expected a number >= 1"
+
+
+# ----------------------------------------------------------------------------------------------- echoing_loader
+
+
+@pytest.mark.parametrize("point", ["before_augment", "after_augment", "batch"])
+@pytest.mark.parametrize("factor", [2, 1.5])
+def test_loader_multiset_and_counters(point, factor):
+    loader = echoing_loader(Indexed(40), batch_size=4, factor=factor, point=point, augment=add_noise, seed=1)
+    pairs = labels_and_values(loader)
+    counts = Counter(label for label, _ in pairs)
+    assert set(counts) == set(range(40))
+    assert set(counts.values()) <= {math.floor(factor), math.floor(factor) + 1}
+    if factor == 2:
+        assert set(counts.values()) == {2}
+    assert all(math.floor(value) == label for label, value in pairs)  # x is i + noise in [0, 1)
+    assert loader.fresh_examples == 40
+    assert loader.examples == len(pairs)
+    assert loader.echoed_examples == len(pairs) - 40
+    list(loader)  # counters accumulate across iterations
+    assert loader.fresh_examples == 80 and loader.examples == 2 * len(pairs)
+
+
+def copies_by_label(loader):
+    copies = {}
+    for label, value in labels_and_values(loader):
+        copies.setdefault(label, []).append(value)
+    return copies
+
+
+def test_before_augment_copies_differ_after_augment_copies_identical():
+    before = copies_by_label(
+        echoing_loader(Indexed(20), batch_size=5, factor=3, point="before_augment", augment=add_noise)
+    )
+    assert all(len(set(values)) == 3 for values in before.values())
+    after = copies_by_label(
+        echoing_loader(Indexed(20), batch_size=5, factor=3, point="after_augment", augment=add_noise)
+    )
+    assert all(len(set(values)) == 1 and len(values) == 3 for values in after.values())
+
+
+def test_one_argument_augment_is_called_without_generator():
+    def shift(sample):
+        x, label = sample
+        return x + 0.5, label
+
+    pairs = labels_and_values(echoing_loader(Indexed(6), batch_size=2, factor=2, point="before_augment", augment=shift))
+    assert sorted(pairs) == sorted((i, i + 0.5) for i in range(6) for _ in range(2))
+
+
+def test_batch_point_repeats_whole_batches():
+    loader = echoing_loader(Indexed(10), batch_size=4, factor=2, point="batch", augment=add_noise, seed=2)
+    batches = batches_as_lists(loader)
+    assert len(batches) == 6 == len(loader)  # batches of 4, 4, 2, each twice
+    assert batches[0::2] == batches[1::2]
+    assert len({str(batch) for batch in batches}) == 3
+    assert [len(y) for _, y in batches] == [4, 4, 4, 4, 2, 2]
+    assert loader.fresh_examples == 10 and loader.examples == 20
+
+    shuffled = echoing_loader(Indexed(40), batch_size=2, factor=2, point="batch", shuffle_buffer=8, seed=2)
+    batches = batches_as_lists(shuffled)
+    assert sorted(map(str, batches)) == sorted(
+        map(str, batches_as_lists(echoing_loader(Indexed(40), batch_size=2, factor=2, point="batch", seed=2)))
+    )
+    assert batches[0::2] != batches[1::2]  # the buffer separates the copies
+
+
+def test_len_exact_for_integer_factor_and_missing_for_fractional():
+    for point in ("before_augment", "after_augment", "batch"):
+        for drop_last in (False, True):
+            loader = echoing_loader(Indexed(11), batch_size=4, factor=3, point=point, drop_last=drop_last)
+            assert len(loader) == len(list(loader))
+    fractional = echoing_loader(Indexed(11), batch_size=4, factor=1.5, point="after_augment")
+    with pytest.raises(TypeError):
+        len(fractional)
+    assert len(list(fractional)) >= 3  # list() copes with the missing len
+
+
+def test_determinism_and_set_epoch():
+    def make():
+        return echoing_loader(
+            Indexed(30), batch_size=4, factor=1.5, point="before_augment", augment=add_noise, shuffle_buffer=5, seed=7
+        )
+
+    first, second = make(), make()
+    epoch0 = batches_as_lists(first)
+    assert epoch0 == batches_as_lists(second) == batches_as_lists(first)  # same seed + epoch, repeated iteration
+    first.set_epoch(1)
+    assert first.epoch == 1
+    epoch1 = batches_as_lists(first)
+    assert epoch1 != epoch0
+    first.set_epoch(0)
+    assert batches_as_lists(first) == epoch0
+    other_seed = echoing_loader(
+        Indexed(30), batch_size=4, factor=1.5, point="before_augment", augment=add_noise, seed=8
+    )
+    assert batches_as_lists(other_seed) != epoch0
+    with pytest.raises(ValueError, match="Invalid epoch"):
+        first.set_epoch(-1)
+
+
+@pytest.mark.parametrize("point", ["before_augment", "batch"])
+def test_two_workers(point):
+    loader = echoing_loader(
+        Indexed(12), batch_size=3, factor=2, point=point, augment=add_noise, shuffle_buffer=2, num_workers=2, seed=0
+    )
+    epoch0 = batches_as_lists(loader)
+    counts = Counter(label for _, labels in epoch0 for label in labels)
+    assert counts == Counter({i: 2 for i in range(12)})
+    assert loader.fresh_examples == 12 and loader.examples == 24
+    assert len(epoch0) == len(loader)
+    assert batches_as_lists(loader) == epoch0  # same seed, epoch and num_workers
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=2.0), "batch_size"),
+        (dict(factor=0.9), "factor"),
+        (dict(factor=False), "factor"),
+        (dict(point="sideways"), "point"),
+        (dict(shuffle_buffer=-2), "shuffle_buffer"),
+        (dict(num_workers=-1), "num_workers"),
+        (dict(num_workers=1.0), "num_workers"),
+        (dict(seed=None), "seed"),
+        (dict(seed=-3), "seed"),
+        (dict(augment=3), "augment"),
+        (dict(collate_fn="stack"), "collate_fn"),
+        (dict(prefetch_factor=0), "prefetch_factor"),
+    ],
+)
+def test_loader_validation(kwargs, name):
+    arguments = dict(batch_size=2, factor=2, point="after_augment") | kwargs
+    with pytest.raises(ValueError, match=f"Invalid {name}: "):
+        echoing_loader(Indexed(4), **arguments)
+
+
+def test_loader_rejects_iterable_dataset():
+    with pytest.raises(TypeError, match="map-style"):
+        echoing_loader(iter(range(4)), batch_size=2, factor=2, point="batch")
+
+
+# -------------------------------------------------------------------------------------------------- echo_batches
+
+
+def test_echo_batches_yields_the_same_tensors():
+    batches = [(torch.randn(4, 3), torch.arange(4)) for _ in range(5)]
+    out = list(echo_batches(batches, 3))
+    assert len(out) == 15
+    assert all(out[3 * i + copy] is batches[i] for i in range(5) for copy in range(3))
+    assert len(list(echo_batches(iter(batches), 1.5, seed=0))) in range(5, 11)
+
+
+def test_echo_batches_reaugments_copies_after_the_first():
+    def jitter(batch, generator):
+        return batch + torch.rand(batch.shape, generator=generator, device=batch.device)
+
+    batches = [torch.zeros(4, 3) for _ in range(3)]
+    out = list(echo_batches(batches, 3, seed=0, augment=jitter))
+    for i in range(3):
+        first, second, third = out[3 * i : 3 * i + 3]
+        assert first is batches[i]
+        assert not torch.equal(second, first) and not torch.equal(third, first) and not torch.equal(second, third)
+    again = list(echo_batches(batches, 3, seed=0, augment=jitter))
+    assert all(torch.equal(a, b) for a, b in zip(out, again))
+
+
+def test_echo_batches_validation():
+    with pytest.raises(ValueError, match="Invalid factor"):
+        echo_batches([], 0)
+    with pytest.raises(ValueError, match="Invalid augment"):
+        echo_batches([], 2, augment="flip")
+    with pytest.raises(ValueError, match="Invalid seed"):
+        echo_batches([], 2, seed=-1)
+
+
+def test_one_worker_matches_in_process():
+    def make(workers):
+        return echoing_loader(
+            Indexed(9), batch_size=2, factor=1.5, point="before_augment", augment=add_noise, num_workers=workers
+        )
+
+    assert batches_as_lists(make(1)) == batches_as_lists(make(0))
