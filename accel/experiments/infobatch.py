@@ -304,18 +304,33 @@ def summarize(runs: list[Run], full: list[Run] | None = None) -> dict[str, float
 
 # --- Table 1 ------------------------------------------------------------------------------------------------------
 
-def table1(cfg: Config, data: Data, device: torch.device, show_progress: bool = True) -> dict[str, list[Run]]:
-    """Full data; InfoBatch at each r; static and dynamic random pruning at InfoBatch r=0.5's measured saving."""
-    arms = [Arm("full data", "full")] + [infobatch_arm(r, cfg.delta) for r in cfg.ratios]
-    runs = run_arms(cfg, data, arms, cfg.seeds, device, "Table 1: full + InfoBatch", show_progress)
-    reference = runs[infobatch_arm(0.5 if 0.5 in cfg.ratios else cfg.ratios[0]).name]
-    keep = 1.0 - float(np.mean([r.saved for r in reference]))
-    # Random*: prune before delta·C only, so its keep rate there must be lower to match the overall saving.
+def matched_arms(cfg: Config, saved: float) -> list[Arm]:
+    """Static and dynamic random pruning that skip the same share ``saved`` of sample-iterations overall."""
+    keep = 1.0 - saved
+    # Random* prunes only before delta·C, so its keep rate there must be lower to match the overall saving.
     pruned_epochs = math.ceil(cfg.delta * cfg.epochs)
-    dynamic_keep = max(0.0, 1.0 - (1.0 - keep) * cfg.epochs / pruned_epochs)
-    matched = [Arm("static random (matched saving)", "static", keep=keep),
-               Arm("Random* dynamic (matched saving)", "dynamic", keep=dynamic_keep, delta=cfg.delta)]
-    runs.update(run_arms(cfg, data, matched, cfg.seeds, device, "Table 1: random pruning", show_progress))
+    dynamic_keep = max(0.0, 1.0 - saved * cfg.epochs / pruned_epochs)
+    return [Arm("static random (matched saving)", "static", keep=keep),
+            Arm("Random* dynamic (matched saving)", "dynamic", keep=dynamic_keep, delta=cfg.delta)]
+
+
+def table1(cfg: Config, data: Data, device: torch.device, show_progress: bool = True) -> dict[str, list[Run]]:
+    """Full data; InfoBatch at each r; static and dynamic random pruning at InfoBatch r=0.5's measured saving.
+
+    Seed-major: for each seed, every arm runs back to back, the random-pruning arms matched to that seed's InfoBatch
+    run, so the machine's drift in speed falls on all arms alike."""
+    from tqdm.auto import tqdm
+
+    arms = [Arm("full data", "full")] + [infobatch_arm(r, cfg.delta) for r in cfg.ratios]
+    reference = infobatch_arm(0.5 if 0.5 in cfg.ratios else cfg.ratios[0]).name
+    runs: dict[str, list[Run]] = {}
+    total = (len(arms) + 2) * len(cfg.seeds) * cfg.epochs
+    with tqdm(total=total, desc="Table 1", unit="epoch", disable=not show_progress) as bar:
+        for seed in cfg.seeds:
+            for arm in arms:
+                runs.setdefault(arm.name, []).append(train(cfg, data, arm, seed, device, progress=bar.update))
+            for arm in matched_arms(cfg, runs[reference][-1].saved):
+                runs.setdefault(arm.name, []).append(train(cfg, data, arm, seed, device, progress=bar.update))
     return runs
 
 
