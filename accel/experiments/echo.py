@@ -1,0 +1,428 @@
+"""Chapter 02, Data Echoing: configs per profile and one function per table or figure.
+
+The input side is :class:`accel.datasets.slow.SlowDecoded` (MNIST-1D samples stored compressed and decoded with an
+adjustable effort) plus :func:`accel.datasets.slow.augment_signal`; the model is chapter 01's 1-D CNN, trained with
+Adam at one fixed learning rate for every arm (the paper re-tuned each arm; we do not, and the chapter says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from accel.datasets.slow import SlowDecoded, augment_signal
+from accel.echo import POINTS, echo, echo_batches, echoing_loader
+from accel.experiments.where_time_goes import overlap_steps_per_second
+from accel.models.vision import ConvNet1D
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: str = "mnist1d"  # mnist1d | digits
+    num_samples: int = 12_000
+    width: int = 32
+    batch_size: int = 128
+    lr: float = 3e-3
+    target: float = 88.0  # test accuracy % that counts as "reached"
+    eval_every: int = 20  # steps between evaluations (evaluation time is excluded from wall clock)
+    max_fresh: int = 200_000  # fresh-example budget per run
+    shuffle_buffer: int = 1024
+    factors: tuple[float, ...] = (1, 2, 4, 8)
+    points: tuple[str, ...] = POINTS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    law_factors: tuple[float, ...] = (1, 1.5, 2, 3, 4, 6)
+    law_ratios: tuple[float, ...] = (2.5, 5.0)
+    law_steps: int = 30
+    law_repeats: int = 3
+    wall_ratio: float = 3.0  # R for the wall-clock-to-target comparison
+    wall_factors: tuple[float, ...] = (1, 2)
+    dup_batch_sizes: tuple[int, ...] = (32, 512)
+    dup_buffers: tuple[int, ...] = (0, 16, 128, 1024, 8192)
+    dup_factors: tuple[float, ...] = (2, 4)
+
+
+CONFIGS = {
+    "smoke": Config(dataset="digits", batch_size=32, lr=1e-2, target=25.0, eval_every=10, max_fresh=10_000,
+                    factors=(1, 2), seeds=(0,), law_factors=(1, 2), law_ratios=(3.0,), law_steps=10, law_repeats=1,
+                    wall_factors=(1, 2), dup_buffers=(0, 128), dup_batch_sizes=(32,), dup_factors=(2,),
+                    shuffle_buffer=64),
+    "cpu": Config(),
+    "paper": Config(num_samples=20_000, law_steps=100, seeds=(0, 1, 2, 3, 4), factors=(1, 2, 4, 8, 16)),
+}
+
+
+def config(profile: str, **overrides) -> Config:
+    if profile not in CONFIGS:
+        raise ValueError(f"Invalid profile: {profile!r}; allowed: {sorted(CONFIGS)}")
+    return replace(CONFIGS[profile], **overrides)
+
+
+# --- data and model ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    train: SlowDecoded  # work = 1; `with_work` gives a slower copy
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_data(cfg: Config) -> Data:
+    if cfg.dataset == "mnist1d":
+        from accel.datasets.mnist1d import load_mnist1d
+
+        train, test = load_mnist1d(cfg.num_samples)
+    elif cfg.dataset == "digits":
+        from accel.datasets.digits import load_digits_1d
+
+        train, test = load_digits_1d(seed=0)
+    else:
+        raise ValueError(f"Invalid dataset: {cfg.dataset!r}; allowed: mnist1d, digits")
+    return Data(SlowDecoded(train.x, train.y), test.x, test.y)
+
+
+def make_model(cfg: Config, seed: int, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
+        torch.manual_seed(seed)
+        model = ConvNet1D(10, width=cfg.width).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        correct = (model(x).argmax(-1) == y).float().mean().item()
+    model.train()
+    return 100.0 * correct
+
+
+def _step(model, optimizer, x, y) -> None:
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """One intra-op thread for training while a DataLoader worker holds the other core; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- training to a target ------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    factor: float
+    point: str
+    seed: int
+    curve: list[tuple[int, int, float, float]]  # (step, fresh examples, seconds, test accuracy %)
+    target: float
+
+    def first_at_target(self) -> tuple[int, int, float] | None:
+        """(steps, fresh examples, seconds) at the first evaluation at or above the target, or None."""
+        return next(((s, f, t) for s, f, t, a in self.curve if a >= self.target), None)
+
+    @property
+    def fresh_to_target(self) -> int | None:
+        hit = self.first_at_target()
+        return hit[1] if hit else None
+
+    @property
+    def steps_to_target(self) -> int | None:
+        hit = self.first_at_target()
+        return hit[0] if hit else None
+
+    @property
+    def seconds_to_target(self) -> float | None:
+        hit = self.first_at_target()
+        return hit[2] if hit else None
+
+    def accuracy_at_step(self, step: int) -> float | None:
+        """Accuracy at the last evaluation at or before ``step``."""
+        points = [a for s, _, _, a in self.curve if s <= step]
+        return points[-1] if points else None
+
+
+def train_to_target(cfg: Config, data: Data, *, factor: float, point: str, seed: int, device: torch.device,
+                    work: int = 1, num_workers: int = 1, stop_at_target: bool = True,
+                    max_fresh: int | None = None) -> Run:
+    """Train through ``echoing_loader`` until the target accuracy (or the fresh-example budget) is reached.
+
+    Fresh examples are counted by the loader (upstream reads that reached training); evaluation runs every
+    ``eval_every`` steps with the clock paused."""
+    max_fresh = max_fresh or cfg.max_fresh
+    model, optimizer = make_model(cfg, seed, device)
+    dataset = data.train.with_work(work)
+    loader = echoing_loader(dataset, batch_size=cfg.batch_size, factor=factor, point=point, augment=augment_signal,
+                            shuffle_buffer=cfg.shuffle_buffer, num_workers=num_workers, seed=seed)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    curve, step, epoch, elapsed = [], 0, 0, 0.0
+    done = False
+    with single_threaded():
+        while not done:
+            loader.set_epoch(epoch)
+            start = time.perf_counter()
+            for x, y in loader:
+                _step(model, optimizer, x.to(device), y.to(device))
+                step += 1
+                if step % cfg.eval_every == 0:
+                    elapsed += time.perf_counter() - start
+                    curve.append((step, loader.fresh_examples, elapsed, accuracy(model, x_test, y_test)))
+                    start = time.perf_counter()
+                    if (stop_at_target and curve[-1][3] >= cfg.target) or loader.fresh_examples >= max_fresh:
+                        done = True
+                        break
+            elapsed += time.perf_counter() - start if not done else 0.0
+            epoch += 1
+    return Run(factor, point, seed, curve, cfg.target)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, max_shift: int = 3,
+                  scale: tuple[float, float] = (0.85, 1.15), noise: float = 0.05) -> torch.Tensor:
+    """:func:`augment_signal` for a whole batch x [B, C, L] at once (each row its own shift, gain and noise)."""
+    b, _, length = x.shape
+    shifts = torch.randint(-max_shift, max_shift + 1, (b,), generator=generator)
+    gains = scale[0] + (scale[1] - scale[0]) * torch.rand(b, generator=generator)
+    index = (torch.arange(length)[None, :] - shifts[:, None]) % length  # circular shift per row
+    shifted = torch.gather(x, 2, index[:, None, :].expand_as(x))
+    return shifted * gains[:, None, None] + noise * torch.randn(x.shape, generator=generator)
+
+
+def echo_stream(cfg: Config, data: Data, factor: float, point: str, seed: int) -> Iterator[tuple]:
+    """In-process, vectorised twin of ``echoing_loader`` for the fresh-examples grid (where time does not matter):
+    the echo stage is :func:`accel.echo.echo` over sample reads (or over whole batches), augmentation is batched.
+
+    Yields (x [B, C, L], y [B], fresh examples in this batch), epoch after epoch, without end.
+    * before_augment: echo the reads, then augment every copy afresh;
+    * after_augment: each read is augmented once, so its copies are identical;
+    * batch: fresh batches are read and augmented once, then echoed whole.
+    """
+    x_all = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    y_all = data.train.labels
+    n, b = len(y_all), cfg.batch_size
+    for epoch in range(10**9):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        augment_rng = torch.Generator().manual_seed(seed * 100_019 + epoch)
+        echo_seed = seed * 100_043 + epoch
+        if point == "batch":
+            fresh_batches = ((k, order[k:k + b]) for k in range(0, n - b + 1, b))
+            read = ((k, augment_batch(x_all[idx], augment_rng), y_all[idx]) for k, idx in fresh_batches)
+            seen: set[int] = set()
+            for k, x, y in echo(read, factor, shuffle_buffer=max(1, cfg.shuffle_buffer // b), seed=echo_seed):
+                yield x, y, 0 if k in seen else len(y)
+                seen.add(k)
+            continue
+        # after_augment: every read is augmented once, when it is read (here: the whole epoch at once, vectorised)
+        augmented = augment_batch(x_all, augment_rng) if point == "after_augment" else None
+        reads = (int(i) for i in order)
+        seen = set()
+        batch: list[int] = []
+        for item in echo(reads, factor, shuffle_buffer=cfg.shuffle_buffer, seed=echo_seed):
+            batch.append(item)
+            if len(batch) < b:
+                continue
+            idx = torch.tensor(batch)
+            fresh = len(set(batch) - seen)
+            seen.update(batch)
+            x = augment_batch(x_all[idx], augment_rng) if point == "before_augment" else augmented[idx]
+            yield x, y_all[idx], fresh
+            batch = []
+
+
+def train_on_stream(cfg: Config, data: Data, *, factor: float, point: str, seed: int, device: torch.device) -> Run:
+    """Train on :func:`echo_stream` until the target or the fresh-example budget (hardware-independent counts)."""
+    model, optimizer = make_model(cfg, seed, device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    curve, fresh, start, paused = [], 0, time.perf_counter(), 0.0
+    with single_threaded():
+        for step, (x, y, new) in enumerate(echo_stream(cfg, data, factor, point, seed), start=1):
+            _step(model, optimizer, x.to(device), y.to(device))
+            fresh += new
+            if step % cfg.eval_every == 0:
+                t = time.perf_counter()
+                curve.append((step, fresh, t - start - paused, accuracy(model, x_test, y_test)))
+                paused += time.perf_counter() - t
+                if curve[-1][3] >= cfg.target or fresh >= cfg.max_fresh:
+                    break
+    return Run(factor, point, seed, curve, cfg.target)
+
+
+def fresh_examples_grid(cfg: Config, data: Data, device: torch.device, show_progress: bool = True
+                        ) -> dict[tuple[float, str], list[Run]]:
+    """Fresh examples (and steps) to the target for every echo factor and insertion point, every seed.
+
+    Hardware-independent, so the upstream is fast here (work = 1). e = 1 is the same at every point: run once."""
+    from tqdm.auto import tqdm
+
+    arms = [(1, "none")] + [(e, p) for e in cfg.factors if e != 1 for p in cfg.points]
+    runs: dict[tuple[float, str], list[Run]] = {arm: [] for arm in arms}
+    with tqdm(total=len(arms) * len(cfg.seeds), desc="fresh examples to target", disable=not show_progress) as bar:
+        for seed in cfg.seeds:
+            for e, point in arms:
+                runs[(e, point)].append(train_on_stream(cfg, data, factor=e, point=point if e != 1 else "batch",
+                                                        seed=seed, device=device))
+                bar.update()
+    return runs
+
+
+# --- the law against measurement -----------------------------------------------------------------------------------
+
+def upstream_seconds(dataset, cfg: Config, batches: int, seed: int) -> float:
+    """t_up: seconds per fresh batch of the input side alone (one worker, read + augment), steady state."""
+    loader = echoing_loader(dataset, batch_size=cfg.batch_size, factor=1, point="batch", augment=augment_signal,
+                            num_workers=1, seed=seed)
+    it = iter(loader)
+    next(it), next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return (time.perf_counter() - start) / batches
+
+
+def downstream_seconds(cfg: Config, model, optimizer, data: Data, steps: int, device: torch.device) -> float:
+    """t_down: seconds per training step on a batch already in place."""
+    x, y = data.x_test[: cfg.batch_size].to(device), data.y_test[: cfg.batch_size].to(device)
+    for _ in range(3):
+        _step(model, optimizer, x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _step(model, optimizer, x, y)
+    return (time.perf_counter() - start) / steps
+
+
+def calibrate_work(cfg: Config, data: Data, t_target: float, seed: int = 0) -> int:
+    """The decode effort whose input side takes about ``t_target`` s per batch (two probes, a line, one correction)."""
+    low, high = 1, 200
+    t_low = upstream_seconds(data.train.with_work(low), cfg, 6, seed)
+    t_high = upstream_seconds(data.train.with_work(high), cfg, 6, seed)
+    work = max(1, round(low + (t_target - t_low) * (high - low) / max(t_high - t_low, 1e-9)))
+    measured = upstream_seconds(data.train.with_work(work), cfg, 6, seed)
+    return max(1, round(work * t_target / measured))
+
+
+def measured_steps_per_second(cfg: Config, dataset, model, optimizer, factor: float, steps: int, seed: int,
+                              device: torch.device) -> float:
+    """Steps/s with the input side in one worker and each fresh batch echoed on the device (echo_batches)."""
+    loader = echoing_loader(dataset, batch_size=cfg.batch_size, factor=1, point="batch", augment=augment_signal,
+                            num_workers=1, seed=seed)
+    source = iter(loader)
+    first = next(source)  # worker start-up is not part of the steady state
+
+    def batches():
+        yield first
+        yield from source
+
+    count, start = 0, time.perf_counter()
+    for x, y in echo_batches(batches(), factor, seed=seed):
+        _step(model, optimizer, x.to(device), y.to(device))
+        count += 1
+        if count == steps:
+            break
+    return count / (time.perf_counter() - start)
+
+
+def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show_progress: bool = True) -> list[dict]:
+    """Steps/s measured against e / max(t_up, e·t_down), each run paired with its own t_up and t_down."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    with single_threaded():
+        model, optimizer = make_model(cfg, seed, device)
+        t_down_probe = downstream_seconds(cfg, model, optimizer, data, 20, device)
+        bar = tqdm(total=len(cfg.law_ratios) * len(cfg.law_factors), desc="law", disable=not show_progress)
+        for ratio in cfg.law_ratios:
+            work = calibrate_work(cfg, data, ratio * t_down_probe, seed)
+            dataset = data.train.with_work(work)
+            for e in cfg.law_factors:
+                triples = []
+                for repeat in range(cfg.law_repeats):
+                    t_up = upstream_seconds(dataset, cfg, 8, seed + repeat)
+                    t_down = downstream_seconds(cfg, model, optimizer, data, 10, device)
+                    measured = measured_steps_per_second(cfg, dataset, model, optimizer, e, cfg.law_steps,
+                                                         seed + repeat, device)
+                    triples.append((measured / overlap_steps_per_second(t_up, t_down, e), t_up, t_down, measured))
+                ratio_to_law, t_up, t_down, measured = sorted(triples)[len(triples) // 2]
+                rows.append({"target R": ratio, "work": work, "R": t_up / t_down, "echo factor": e,
+                             "t_up (ms)": 1e3 * t_up, "t_down (ms)": 1e3 * t_down,
+                             "modelled steps/s": overlap_steps_per_second(t_up, t_down, e),
+                             "measured steps/s": measured, "measured / modelled": ratio_to_law})
+                bar.update()
+        bar.close()
+    return rows
+
+
+# --- wall clock to target under a slow input side ------------------------------------------------------------------
+
+def wall_clock(cfg: Config, data: Data, device: torch.device, show_progress: bool = True) -> dict:
+    """e = 1 against e > 1 (echoing before augmentation) with an input side R ≈ wall_ratio times slower than a step;
+    arms interleaved per seed. Returns the runs and the measured t_up, t_down."""
+    from tqdm.auto import tqdm
+
+    with single_threaded():
+        model, optimizer = make_model(cfg, 0, device)
+        t_down = downstream_seconds(cfg, model, optimizer, data, 20, device)
+        work = calibrate_work(cfg, data, cfg.wall_ratio * t_down)
+        t_up = upstream_seconds(data.train.with_work(work), cfg, 10, 0)
+    runs: dict[float, list[Run]] = {e: [] for e in cfg.wall_factors}
+    with tqdm(total=len(cfg.seeds) * len(cfg.wall_factors), desc="wall clock", disable=not show_progress) as bar:
+        for seed in cfg.seeds:
+            for e in cfg.wall_factors:
+                runs[e].append(train_to_target(cfg, data, factor=e, point="before_augment", seed=seed,
+                                               device=device, work=work))
+                bar.update()
+    return {"runs": runs, "work": work, "t_up": t_up, "t_down": t_down}
+
+
+# --- duplicates per batch ------------------------------------------------------------------------------------------
+
+def duplicates_per_batch(num_items: int, factor: float, batch_size: int, shuffle_buffer: int, seed: int = 0) -> float:
+    """Mean number of examples per batch that repeat an example already in the same batch."""
+    stream = echo(range(num_items), factor, shuffle_buffer=shuffle_buffer, seed=seed)
+    total, batches, batch = 0, 0, []
+    for item in stream:
+        batch.append(item)
+        if len(batch) == batch_size:
+            total += batch_size - len(set(batch))
+            batches += 1
+            batch = []
+    return total / max(batches, 1)
+
+
+def duplicates_table(cfg: Config, num_items: int) -> list[dict]:
+    return [{"echo factor": e, "batch size": b, "shuffle buffer": n,
+             "duplicates per batch": duplicates_per_batch(num_items, e, b, n),
+             "duplicate share": duplicates_per_batch(num_items, e, b, n) / b}
+            for e in cfg.dup_factors for b in cfg.dup_batch_sizes for n in cfg.dup_buffers]
+
+
+def live_run(cfg: Config, data: Data, device: torch.device, factor: float, point: str, ratio: float,
+             seed: int = 0) -> dict:
+    """The explorer's "run" button: train to the target at (factor, point) with an input side R ≈ ratio."""
+    with single_threaded():
+        model, optimizer = make_model(cfg, seed, device)
+        t_down = downstream_seconds(cfg, model, optimizer, data, 10, device)
+    work = calibrate_work(cfg, data, ratio * t_down, seed)
+    run = train_to_target(cfg, data, factor=factor, point=point, seed=seed, device=device, work=work)
+    return {"fresh examples to target": run.fresh_to_target, "steps to target": run.steps_to_target,
+            "seconds to target": run.seconds_to_target,
+            "modelled steps/s": overlap_steps_per_second(ratio * t_down, t_down, factor)}
+
+
+def summarize_runs(runs: list[Run], key: Callable[[Run], float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, std, reached) of a per-run quantity over the runs that reached the target."""
+    values = [key(r) for r in runs if key(r) is not None]
+    if not values:
+        return None, None, 0
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values)
