@@ -1,0 +1,49 @@
+"""Chapter 02's claims at the cpu profile (make verify): the time law predicts throughput while e <= R, and under a
+slow input side e = 2 before augmentation reaches the target sooner with fewer fresh examples."""
+
+import numpy as np
+import pytest
+import torch
+
+from accel.experiments import echo as chapter
+
+pytestmark = pytest.mark.claims
+DEVICE = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = chapter.config("cpu")
+    return cfg, chapter.load_data(cfg)
+
+
+def test_throughput_follows_the_law_while_e_le_R(setup):
+    cfg, data = setup
+    rows = chapter.law_check(cfg, data, DEVICE, show_progress=False)
+    below = [r for r in rows if r["echo factor"] <= r["R"]]
+    waiting = [r["measured / modelled"] for r in below if r["R"] >= 4]
+    assert waiting, rows
+    # where the trainer mostly waits, the law holds closely; where both sides are busy, a 2-core machine's processes
+    # slow each other and the law is a ceiling that is approached, not reached (the chapter shows both)
+    assert np.median(waiting) >= 0.9, waiting
+    assert min(r["measured / modelled"] for r in below) >= 0.65, below
+
+
+def test_echoing_reaches_the_target_sooner_on_fewer_fresh_examples(setup):
+    cfg, data = setup
+    wall = chapter.wall_clock(cfg, data, DEVICE, show_progress=False)
+    assert wall["t_up"] / wall["t_down"] >= 2
+    base, echoed = wall["runs"][1], wall["runs"][2]
+    seconds = [np.mean([r.seconds_to_target for r in runs]) for runs in (base, echoed)]
+    fresh = [np.mean([r.fresh_to_target for r in runs]) for runs in (base, echoed)]
+    assert seconds[1] <= 0.75 * seconds[0], seconds
+    assert fresh[1] <= fresh[0], fresh
+
+
+def test_every_insertion_point_saves_fresh_examples_at_e2(setup):
+    cfg, data = setup
+    cfg = chapter.config("cpu", factors=(1, 2))
+    grid = chapter.fresh_examples_grid(cfg, data, DEVICE, show_progress=False)
+    base = np.mean([r.fresh_to_target for r in grid[(1, "none")]])
+    for point in cfg.points:
+        assert np.mean([r.fresh_to_target for r in grid[(2, point)]]) < base, point
