@@ -219,6 +219,8 @@ def echo_stream(cfg: Config, data: Data, factor: float, point: str, seed: int) -
     x_all = torch.stack([data.train[i][0] for i in range(len(data.train))])
     y_all = data.train.labels
     n, b = len(y_all), cfg.batch_size
+    if n < b:
+        raise ValueError(f"Invalid batch_size: {b}; expected at most the dataset's {n} samples")
     for epoch in range(10**9):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         augment_rng = torch.Generator().manual_seed(seed * 100_019 + epoch)

@@ -1,0 +1,69 @@
+"""Chapter 02's experiment code: the slow-decode dataset, batched augmentation, the in-process echo stream."""
+
+import itertools
+
+import pytest
+import torch
+
+from accel.datasets.slow import SlowDecoded, augment_signal
+from accel.experiments import echo as chapter
+
+
+def small_data(n=64, length=16):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, length, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return chapter.Data(SlowDecoded(x, y), x[:8], y[:8]), x, y
+
+
+def test_slow_decoded_returns_the_stored_sample_whatever_the_work():
+    data, x, y = small_data()
+    slow = data.train.with_work(40)
+    for i in (0, 5, 63):
+        assert torch.equal(data.train[i][0], x[i]) and torch.equal(slow[i][0], x[i]) and int(slow[i][1]) == int(y[i])
+    with pytest.raises(ValueError, match="Invalid work"):
+        SlowDecoded(x, y, work=0)
+    with pytest.raises(ValueError, match="Invalid x, y"):
+        SlowDecoded(x[:, 0], y)
+
+
+def test_augmentations_are_seeded_and_shape_preserving():
+    data, x, _ = small_data()
+    a = chapter.augment_batch(x, torch.Generator().manual_seed(1))
+    b = chapter.augment_batch(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    one = augment_signal(data.train[0], torch.Generator().manual_seed(1))
+    assert one[0].shape == x[0].shape
+
+
+@pytest.mark.parametrize("point", ["before_augment", "after_augment", "batch"])
+def test_echo_stream_counts_fresh_examples(point):
+    data, _, _ = small_data()
+    cfg = chapter.config("smoke", batch_size=8, shuffle_buffer=16)
+    batches = list(itertools.islice(chapter.echo_stream(cfg, data, 2, point, seed=0), 16))  # 2 epochs at e = 2
+    assert all(x.shape == (8, 1, 16) for x, _, _ in batches)
+    assert sum(fresh for _, _, fresh in batches) == 2 * 64  # every sample read once per epoch
+    first = list(itertools.islice(chapter.echo_stream(cfg, data, 2, point, seed=0), 4))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, batches))  # seeded
+
+
+def test_after_augment_copies_are_identical_before_augment_copies_differ():
+    data, _, _ = small_data(n=16)
+    cfg = chapter.config("smoke", batch_size=32, shuffle_buffer=0)
+    for point, identical in (("after_augment", True), ("before_augment", False)):
+        x, _, _ = next(chapter.echo_stream(cfg, data, 2, point, seed=0))  # 16 samples, each twice, adjacent
+        assert torch.equal(x[0], x[1]) is identical, point
+
+
+def test_duplicates_per_batch():
+    assert chapter.duplicates_per_batch(1000, 2, 10, 0) == 5  # adjacent pairs: half of each batch repeats
+    assert chapter.duplicates_per_batch(1000, 1, 10, 0) == 0
+    assert chapter.duplicates_per_batch(5000, 2, 10, 1000) < 0.5
+
+
+def test_run_bookkeeping():
+    run = chapter.Run(2, "batch", 0, [(10, 100, 1.0, 50.0), (20, 200, 2.0, 91.0), (30, 300, 3.0, 95.0)], 90.0)
+    assert (run.steps_to_target, run.fresh_to_target, run.seconds_to_target) == (20, 200, 2.0)
+    assert run.accuracy_at_step(25) == 91.0 and run.accuracy_at_step(5) is None
+    assert chapter.summarize_runs([run, run], lambda r: r.fresh_to_target) == (200.0, 0.0, 2)
+    with pytest.raises(ValueError, match="Invalid profile"):
+        chapter.config("huge")
