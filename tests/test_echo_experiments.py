@@ -39,7 +39,7 @@ def test_augmentations_are_seeded_and_shape_preserving():
 def test_echo_stream_counts_fresh_examples(point):
     data, _, _ = small_data()
     cfg = chapter.config("smoke", batch_size=8, shuffle_buffer=16)
-    batches = list(itertools.islice(chapter.echo_stream(cfg, data, 2, point, seed=0), 16))  # 2 epochs at e = 2
+    batches = list(itertools.islice(chapter.echo_stream(cfg, data, 2, point, seed=0), 32))  # 2 epochs at e = 2
     assert all(x.shape == (8, 1, 16) for x, _, _ in batches)
     assert sum(fresh for _, _, fresh in batches) == 2 * 64  # every sample read once per epoch
     first = list(itertools.islice(chapter.echo_stream(cfg, data, 2, point, seed=0), 4))
@@ -47,7 +47,7 @@ def test_echo_stream_counts_fresh_examples(point):
 
 
 def test_after_augment_copies_are_identical_before_augment_copies_differ():
-    data, _, _ = small_data(n=16)
+    data, _, _ = small_data(n=32)
     cfg = chapter.config("smoke", batch_size=32, shuffle_buffer=0)
     for point, identical in (("after_augment", True), ("before_augment", False)):
         x, _, _ = next(chapter.echo_stream(cfg, data, 2, point, seed=0))  # 16 samples, each twice, adjacent
