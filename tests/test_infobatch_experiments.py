@@ -91,3 +91,23 @@ def test_mnist1d_caches_and_leaves_global_rng_alone(tmp_path):
     with pytest.raises(ValueError, match="Invalid num_samples"):
         load_mnist1d(205, root=tmp_path)
     assert math.isclose(float(train.x.std()), 1.0, rel_tol=0.2)
+
+
+def test_paper_profile_path_runs_on_the_cifar_fixture(tmp_path, monkeypatch):
+    """The paper profile (CIFAR-10, ResNet-18, OneCycle, crop + flip) end to end on the real-format fixture, CPU."""
+    import hashlib
+    from functools import partial
+    from pathlib import Path
+
+    import accel.datasets.cifar as cifar
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "cifar-10-python-mini.tar.gz"
+    sha = hashlib.sha256(fixture.read_bytes()).hexdigest()
+    monkeypatch.setattr(cifar, "load_cifar", partial(cifar.load_cifar, url=fixture.as_uri(), sha256=sha,
+                                                     root=tmp_path, progress=False))
+    cfg = chapter.config("paper", epochs=2, batch_size=16, seeds=(0,))
+    device = torch.device("cpu")
+    data = chapter.load_data(cfg, device)
+    assert data.x.shape[1:] == (3, 32, 32) and data.num_classes == 10
+    run = chapter.train(cfg, data, chapter.infobatch_arm(0.5, cfg.delta), 0, device)
+    assert run.used <= 2 * len(data.y) and 0 <= run.accuracy <= 100
