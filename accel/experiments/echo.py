@@ -7,7 +7,6 @@ Adam at one fixed learning rate for every arm (the paper re-tuned each arm; we d
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -19,7 +18,7 @@ from torch import nn
 
 from accel.datasets.slow import SlowDecoded, augment_signal
 from accel.echo import POINTS, echo, echo_batches, echoing_loader
-from accel.experiments.where_time_goes import overlap_steps_per_second
+from accel.experiments.where_time_goes import overlap_steps_per_second, single_threaded
 from accel.models.vision import ConvNet1D
 
 
@@ -107,17 +106,6 @@ def _step(model, optimizer, x, y) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """One intra-op thread for training while a DataLoader worker holds the other core; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --- training to a target ------------------------------------------------------------------------------------------
