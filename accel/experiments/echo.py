@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from accel.datasets.slow import SlowDecoded, augment_signal
 from accel.echo import POINTS, echo, echo_batches, echoing_loader
+from accel.experiments import pick_config
 from accel.experiments.where_time_goes import overlap_steps_per_second, single_threaded
 from accel.models.vision import ConvNet1D
 
@@ -58,9 +59,7 @@ CONFIGS = {
 
 
 def config(profile: str, **overrides) -> Config:
-    if profile not in CONFIGS:
-        raise ValueError(f"Invalid profile: {profile!r}; allowed: {sorted(CONFIGS)}")
-    return replace(CONFIGS[profile], **overrides)
+    return pick_config(CONFIGS, profile, **overrides)
 
 
 # --- data and model ----------------------------------------------------------------------------------------------

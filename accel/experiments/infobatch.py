@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from accel.experiments import pick_config
 from accel.infobatch import InfoBatch
 from accel.models.vision import ConvNet1D
 
@@ -72,9 +73,7 @@ CONFIGS = {
 
 
 def config(profile: str, **overrides) -> Config:
-    if profile not in CONFIGS:
-        raise ValueError(f"Invalid profile: {profile!r}; allowed: {sorted(CONFIGS)}")
-    return replace(CONFIGS[profile], **overrides)
+    return pick_config(CONFIGS, profile, **overrides)
 
 
 # --- data and model ----------------------------------------------------------------------------------------------

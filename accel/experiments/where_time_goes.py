@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 
 from accel.datasets.signals import CompressedSignals
+from accel.experiments import pick_config
 from accel.experiments.ledger import LedgerEntry
 from accel.models.vision import ConvNet1D
 
@@ -61,9 +62,7 @@ CONFIGS = {
 
 
 def config(profile: str, **overrides) -> Config:
-    if profile not in CONFIGS:
-        raise ValueError(f"Invalid profile: {profile!r}; allowed: {sorted(CONFIGS)}")
-    return replace(CONFIGS[profile], **overrides)
+    return pick_config(CONFIGS, profile, **overrides)
 
 
 # --- the laws ----------------------------------------------------------------------------------------------------
