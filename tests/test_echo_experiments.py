@@ -23,7 +23,11 @@ def test_slow_decoded_returns_the_stored_sample_whatever_the_work():
     with pytest.raises(ValueError, match="Invalid work"):
         SlowDecoded(x, y, work=0)
     with pytest.raises(ValueError, match="Invalid x, y"):
-        SlowDecoded(x[:, 0], y)
+        SlowDecoded(x[0, 0], y)
+    with pytest.raises(ValueError, match="Invalid x, y"):
+        SlowDecoded(x, y[:5])
+    images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(SlowDecoded(images, torch.arange(4))[2][0], images[2])  # any sample shape
 
 
 def test_augmentations_are_seeded_and_shape_preserving():
@@ -67,3 +71,30 @@ def test_run_bookkeeping():
     assert chapter.summarize_runs([run, run], lambda r: r.fresh_to_target) == (200.0, 0.0, 2)
     with pytest.raises(ValueError, match="Invalid profile"):
         chapter.config("huge")
+
+
+def test_paper_profile_path_runs_on_the_cifar_fixture(tmp_path, monkeypatch):
+    """The paper profile (CIFAR-10, ResNet-32, SGD, crop + flip) end to end on the real-format fixture, CPU: the
+    in-process stream and the real multi-process loader, before and after augmentation."""
+    import hashlib
+    from functools import partial
+    from pathlib import Path
+
+    import accel.datasets.cifar as cifar
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "cifar-10-python-mini.tar.gz"
+    sha = hashlib.sha256(fixture.read_bytes()).hexdigest()
+    monkeypatch.setattr(cifar, "load_cifar", partial(cifar.load_cifar, url=fixture.as_uri(), sha256=sha,
+                                                     root=tmp_path, progress=False))
+    cfg = chapter.config("paper", batch_size=8, eval_every=2, max_fresh=48, shuffle_buffer=16, seeds=(0,))
+    device = torch.device("cpu")
+    data = chapter.load_data(cfg)
+    x, y = data.train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and data.x_test.shape[1:] == (3, 32, 32)
+    model, optimizer = chapter.make_model(cfg, 0, device)
+    assert isinstance(optimizer, torch.optim.SGD) and sum(p.numel() for p in model.parameters()) == 466_906
+    stream = chapter.train_on_stream(cfg, data, factor=2, point="after_augment", seed=0, device=device)
+    loader = chapter.train_to_target(cfg, data, factor=2, point="before_augment", seed=0, device=device)
+    for run in (stream, loader):
+        assert run.curve and run.curve[-1][1] >= cfg.max_fresh and all(0 <= a <= 100 for *_, a in run.curve)
+    assert chapter.downstream_seconds(cfg, model, optimizer, data, 1, device) > 0

@@ -17,16 +17,20 @@ from torch.utils.data import Dataset
 
 
 class SlowDecoded(Dataset):
-    """``dataset[i] -> (x, y)``: x float32 [C, L] decoded from compressed bytes with ``work`` passes, y int64 scalar.
+    """``dataset[i] -> (x, y)``: x float32 [*sample_shape] (e.g. [C, L]) decoded from compressed bytes with ``work``
+    passes, y int64 scalar.
 
     Args:
-        x: float tensor [N, C, L] of samples to store. y: int64 tensor [N] of labels.
+        x: float tensor [N, *sample_shape] of samples to store ([N, C, L] signals, [N, C, H, W] images).
+        y: int64 tensor [N] of labels.
         work: decode passes per read (>= 1); the cost knob.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, work: int = 1):
-        if x.ndim != 3 or len(x) != len(y):
-            raise ValueError(f"Invalid x, y: shapes {tuple(x.shape)} and {tuple(y.shape)}; expected [N, C, L] and [N]")
+        if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(
+                f"Invalid x, y: shapes {tuple(x.shape)} and {tuple(y.shape)}; expected [N, *sample_shape] and [N]"
+            )
         if not isinstance(work, int) or isinstance(work, bool) or work < 1:
             raise ValueError(f"Invalid work: {work!r}; expected an integer >= 1")
         self.shape = tuple(x.shape[1:])

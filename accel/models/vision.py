@@ -116,3 +116,12 @@ def resnet18_cifar(num_classes: int = 10, **kwargs) -> ResNet:
     10 classes (11.22M for 100). ``kwargs`` go to :class:`ResNet` (e.g. ``zero_init_residual=True``).
     """
     return ResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, **kwargs)
+
+
+def resnet32_cifar(num_classes: int = 10, **kwargs) -> ResNet:
+    """ResNet-32 for CIFAR (He et al., 2016, section 4.2), the data-echoing paper's CIFAR-10 model: a 3x3 stem of
+    16 channels, three stages of five BasicBlocks of 16-32-64 channels (32 = 1 + 6 * 5 + 1 layers), global average
+    pool, linear. [B, 3, 32, 32] -> logits [B, num_classes]. Shortcuts that change shape are 1x1 projections
+    ("option B"; the original used zero-padding, "option A"): 466,906 parameters for 10 classes (0.46M in the paper).
+    """
+    return ResNet((5, 5, 5), (16, 32, 64), num_classes, **kwargs)
