@@ -1,0 +1,534 @@
+"""Sparse mixture-of-experts with ST-MoE's stabilisers (Zoph et al. 2022, arXiv 2202.08906; Switch, Fedus et al. 2021).
+
+The layer. A router (a linear map d_model -> E, no bias) scores every token against E experts; each token goes to
+its k best experts, and the layer's output for the token is the gate-weighted sum of those experts' outputs:
+
+    logits = x W_r                       [T, E]   computed in float32, even under bf16/fp16 autocast
+    p      = softmax(logits)             [T, E]
+    top-k of p: experts e_1..e_k, gates g_j = p_{e_j} / sum_i p_{e_i}     (k = 1: g_1 = p_{e_1}, not renormalised)
+    y      = sum_j g_j · FFN_{e_j}(x)    (assignments dropped by capacity contribute 0)
+
+Top-1 uses the raw probability as its gate, as Switch does: renormalising one gate would make it 1 and cut the
+router off from the task loss's gradient. With k >= 2 the k gates are renormalised to sum to 1 (Mesh-TF, ST-MoE).
+
+Two auxiliary losses are kept on the module after every forward (``aux_loss = c_b · L_b + c_z · L_z``); add it to
+the task loss:
+
+  * router z-loss (ST-MoE Eq. 5), ``router_z_loss``: L_z = mean over tokens of logsumexp(logits)^2. It keeps the
+    logits small, where float round-off in the softmax is small. c_z = 1e-3 by default (the paper's value).
+  * load balancing (Switch App. A), ``load_balancing_loss``: L_b = E · sum_i f_i · P_i, f_i the fraction of tokens
+    whose top-1 expert is i (no gradient), P_i the mean probability of expert i. Uniform routing gives 1, total
+    collapse onto one expert gives E. c_b = 1e-2 by default (the paper's value).
+
+Capacity. In training each expert takes at most C = floor(capacity_factor · k · T / E) token-expert assignments
+(at least 1) of the T tokens in the forward; eval mode uses eval_capacity_factor (ST-MoE: train 1.25, eval 2.0).
+None means dropless. Over capacity, assignments are dropped in a fixed order: every first choice ranks before any
+second choice (and so on for the k-th), and within a choice rank, tokens go in order. With top-1 no token is ever
+dropped because of a later one; with k >= 2 a later token's first choice does outrank an earlier token's second
+(as in Mesh-TF). A dropped assignment contributes nothing; a token that loses all k gets a zero output (the residual
+connection around the layer carries it on).
+
+Dispatch by index, no [T, E, C] one-hot tensors (routing metadata is O(T · k)):
+
+  1. flatten the k·T assignments choice-major (all first choices in token order, then all second choices, ...);
+  2. stable-sort them by expert: within an expert the order is now exactly the drop order above;
+  3. position within the expert = rank in the sorted list minus the expert's start; keep those below C;
+  4. gather the kept tokens' rows straight into a zero-padded buffer [E, C_buf, d_model] (C_buf = the fullest
+     expert's kept count, never more than C) and run all experts at once as batched matrix products (torch.bmm);
+  5. scale each output row by its gate and add it to its token with index_add (empty slots have gate 0 and add
+     into a spare row that is cut off).
+
+Reading the fullest expert's count is the forward's one host sync (the buffer then wastes only the imbalance, not
+the whole capacity: eval's factor 2.0 would double the work). Tried and measured on a 2-core CPU (d_model 256,
+d_ff 512, 4096 tokens): a loop of per-expert torch.mm over the sorted rows pads nothing, but was no faster at 8-16
+experts and 10-30% slower at 32-64 (small GEMMs, and every count must reach the host); a hand-written grouped-GEMM
+autograd function (per-expert mm into preallocated outputs) was no faster than bmm either.
+
+Randomness, all during training only (eval mode is deterministic): router jitter (multiplies the router's input by
+uniform noise in [1 - eps, 1 + eps], Switch), the "sampled" second-expert policy (Mesh-TF / ST-MoE, defined there
+for the second of two; here every choice j >= 2 is used with probability min(1, g_j / 0.2), else it is dropped
+before capacity is counted; the gates are not renormalised again), and expert dropout on the experts' hidden
+activations. Jitter and sampling draw from ``generator`` when one is given (else from torch's default generator);
+dropout uses torch's default generator.
+
+Expert parallelism. With ``process_group`` of world size W (E divisible by W), rank r holds experts
+[r·E/W, (r+1)·E/W); the router is replicated (keep it in step across ranks, e.g. with DDP). Every rank routes and
+applies capacity to its own tokens, so C is computed over the rank's local T: the same capacity a one-process layer
+would use on that rank's batch, and no rank ever needs another's token count to agree on buffer sizes. Each rank then
+sends its kept rows to the experts' owners with torch.distributed.all_to_all_single: first the per-expert counts
+(E integers per rank), then the rows themselves with those split sizes; the owners run their experts, and a reverse
+all_to_all_single brings the outputs home, where gates and the combine are applied locally. Both exchanges are
+differentiable (the backward pass is the same exchange reversed). Every rank runs both backward exchanges whether or
+not its input needs a gradient, so they pair up across ranks (each rank must still call backward, as under DDP).
+The all_to_all_single calls work with gloo on CPU and NCCL on GPU. Gradients of expert weights
+need no all-reduce across this group (each expert lives on one rank); router gradients do (DDP does it).
+
+Peers' conventions differ; what this file matches, and where others stand:
+  * balance loss: flaxformer and HF Switch compute mean(f · P) · E^2, the same value as E · sum(f · P). HF Switch's
+    default coefficient is 1e-3, 10x below the paper's 1e-2 (ours). HF Mixtral counts f over all k top-k slots, so its
+    minimum is k rather than 1.
+  * capacity counts token-expert assignments (CF · k · T / E, as DeepSpeed and Tutel do); CF · T / E with top-2
+    would force half of all assignments to drop at CF 1.0.
+
+Usage:
+
+    moe = MoE(d_model=512, d_ff=2048, num_experts=32, top_k=2)
+    h = h + moe(norm(h))                  # [..., d_model] -> [..., d_model]
+    loss = task_loss + moe.aux_loss       # c_b · L_b + c_z · L_z of that forward
+    moe.float_stats()                     # dropped fractions, expert load, router entropy, logit sizes
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+EXPERT_TYPES = ("ffn", "geglu")
+SECOND_POLICIES = ("all", "sampled")
+ROUTER_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _invalid(name: str, value, expected: str) -> ValueError:
+    return ValueError(f"Invalid {name}: {value!r}; expected {expected}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ----------------------------------------------------------------------------------------------------- losses
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's router z-loss: mean over tokens of logsumexp(logits)^2, in float32 (a scalar tensor).
+
+    logits: [T, E] (or [..., E]: every leading position is a token).
+    """
+    if not isinstance(logits, torch.Tensor) or logits.ndim < 1:
+        raise _invalid("logits", logits, "a tensor [T, E] of router logits")
+    z = torch.logsumexp(logits.float(), dim=-1)
+    return z.pow(2).mean()
+
+
+def load_balancing_loss(probs: torch.Tensor, top1_index: torch.Tensor) -> torch.Tensor:
+    """Switch's load-balancing loss E · sum_i f_i · P_i, in float32 (a scalar tensor).
+
+    probs: [T, E] router probabilities (softmax over experts). top1_index: [T] long, each token's top-1 expert.
+    f_i = fraction of tokens whose top-1 expert is i (a count: no gradient), P_i = mean over tokens of probs[:, i]
+    (the gradient flows through it). Uniform routing gives 1.0; every token on one expert with probability 1 gives E.
+
+    Other conventions: flaxformer and HF Switch compute mean(f · P) · E^2, the same value. HF Switch's default
+    coefficient is 1e-3 where the paper (and MoE here) uses 1e-2. HF Mixtral counts f over the k top-k slots
+    (sum_i f_i = k), so its minimum is k, not 1.
+    """
+    if not isinstance(probs, torch.Tensor) or probs.ndim != 2:
+        raise _invalid("probs", probs, "a tensor [T, E] of router probabilities")
+    num_tokens, num_experts = probs.shape
+    if not isinstance(top1_index, torch.Tensor) or top1_index.shape != (num_tokens,) or top1_index.is_floating_point():
+        got = tuple(top1_index.shape) if isinstance(top1_index, torch.Tensor) else top1_index
+        raise _invalid("top1_index", got, f"an integer tensor of shape ({num_tokens},) (one expert per token)")
+    counts = torch.bincount(top1_index.long(), minlength=num_experts)[:num_experts]
+    fraction = counts.float() / num_tokens  # f_i: integer counts, no gradient
+    mean_prob = probs.float().mean(dim=0)  # P_i
+    return num_experts * torch.dot(fraction, mean_prob)
+
+
+def router_probabilities(logits: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """softmax(logits) computed in `dtype` (the logits rounded to it first), returned as float32 [T, E].
+
+    Shows ST-MoE's point about selective precision: ten logits of 128 and one of 128.5 give the top expert 0.142 in
+    float32, but bfloat16 rounds 128.5 to 128 (its spacing is 0.5 only below 128, 1.0 from 128 to 256), so every
+    expert ties and the top probability drops to 1/11 = 0.091.
+    """
+    return torch.softmax(logits.to(dtype), dim=-1).float()
+
+
+# ------------------------------------------------------------------------------------------------- exchange
+
+
+class _AllToAll(torch.autograd.Function):
+    """Differentiable all_to_all_single over rows: rank r sends send_splits[q] rows to rank q, receives recv_splits[q]
+    from rank q. The backward pass is the same exchange with the splits swapped."""
+
+    @staticmethod
+    def forward(ctx, rows, send_splits, recv_splits, group):
+        ctx.send_splits, ctx.recv_splits, ctx.group = send_splits, recv_splits, group
+        out = rows.new_empty((sum(recv_splits), *rows.shape[1:]))
+        dist.all_to_all_single(out, rows.contiguous(), recv_splits, send_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        back = grad.new_empty((sum(ctx.send_splits), *grad.shape[1:]))
+        dist.all_to_all_single(back, grad.contiguous(), ctx.send_splits, ctx.recv_splits, group=ctx.group)
+        return back, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------------- layer
+
+
+class MoE(nn.Module):
+    """Top-k mixture-of-experts feed-forward layer with capacity, z-loss and balance loss (see the module docstring).
+
+    d_model, d_ff: the experts' widths (each expert: d_model -> d_ff -> d_model). num_experts: E, over all ranks.
+    top_k: experts per token, 1 <= k <= E. capacity_factor / eval_capacity_factor: in training / eval mode, each
+    expert takes floor(factor · k · T / E) assignments (at least 1), > 0, or None for dropless.
+    z_loss_coef, balance_loss_coef: c_z, c_b >= 0 in aux_loss. router_jitter: eps in [0, 1), multiplicative noise on
+    the router's input in training. expert_type: "ffn" (GELU) or "geglu" (gelu(x W_g) * (x W_in), then W_out).
+    second_policy: "all" uses every top-k choice; "sampled" uses a choice j >= 2 with probability
+    min(1, g_j / second_threshold) in training (Mesh-TF; threshold 0.2), every choice in eval.
+    expert_dropout: dropout on the experts' hidden activations in training, in [0, 1).
+    router_dtype: the dtype the router's matmul and softmax run in (float32; bfloat16 reproduces the unstable kind).
+    bias: give the experts' linear maps biases (the router never has one). process_group: a torch.distributed group
+    for expert parallelism (this rank holds E / W experts), or None for all experts here. generator: a
+    torch.Generator for jitter and sampling (on any device; draws are moved to the input's), or None.
+
+    Parameters: router.weight [E, d_model]; w_in [E_local, d_model, d_ff], w_gate (geglu) [E_local, d_model, d_ff],
+    w_out [E_local, d_ff, d_model]; with bias, b_in / b_gate [E_local, d_ff], b_out [E_local, d_model]. Initialised
+    as nn.Linear does (uniform in +-1/sqrt(fan_in)) from torch's default generator, expert by expert; every rank draws
+    all E experts and keeps its own, so an expert-parallel layer built under a seed holds the same weights as a
+    one-process layer built under that seed.
+
+    After each forward: aux_loss (scalar tensor, differentiable) and stats (dict of detached tensors, no host sync:
+    dropped_fraction, tokens_dropped_fraction, expert_load [E], router_entropy, mean_logsumexp, max_abs_logit,
+    z_loss, balance_loss); float_stats() reads them as Python floats. Under expert parallelism both describe this
+    rank's tokens.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        num_experts: int,
+        top_k: int = 2,
+        capacity_factor: float | None = 1.25,
+        eval_capacity_factor: float | None = 2.0,
+        z_loss_coef: float = 1e-3,
+        balance_loss_coef: float = 1e-2,
+        router_jitter: float = 0.0,
+        *,
+        expert_type: str = "ffn",
+        second_policy: str = "all",
+        second_threshold: float = 0.2,
+        expert_dropout: float = 0.0,
+        router_dtype: torch.dtype = torch.float32,
+        bias: bool = False,
+        process_group=None,
+        generator: torch.Generator | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if not _is_int(d_model) or d_model < 1:
+            raise _invalid("d_model", d_model, "an int >= 1")
+        if not _is_int(d_ff) or d_ff < 1:
+            raise _invalid("d_ff", d_ff, "an int >= 1")
+        if not _is_int(num_experts) or num_experts < 1:
+            raise _invalid("num_experts", num_experts, "an int >= 1")
+        if not _is_int(top_k) or not 1 <= top_k <= num_experts:
+            raise _invalid("top_k", top_k, f"an int with 1 <= top_k <= num_experts = {num_experts}")
+        for name, factor in (("capacity_factor", capacity_factor), ("eval_capacity_factor", eval_capacity_factor)):
+            if factor is not None and not (_is_real(factor) and factor > 0):
+                raise _invalid(name, factor, f"{name} > 0, or None for dropless")
+        for name, coef in (("z_loss_coef", z_loss_coef), ("balance_loss_coef", balance_loss_coef)):
+            if not (_is_real(coef) and coef >= 0):
+                raise _invalid(name, coef, f"{name} >= 0")
+        if not (_is_real(router_jitter) and 0 <= router_jitter < 1):
+            raise _invalid("router_jitter", router_jitter, "0 <= router_jitter < 1")
+        if expert_type not in EXPERT_TYPES:
+            raise _invalid("expert_type", expert_type, f"one of {EXPERT_TYPES}")
+        if second_policy not in SECOND_POLICIES:
+            raise _invalid("second_policy", second_policy, f"one of {SECOND_POLICIES}")
+        if not (_is_real(second_threshold) and second_threshold > 0):
+            raise _invalid("second_threshold", second_threshold, "second_threshold > 0")
+        if not (_is_real(expert_dropout) and 0 <= expert_dropout < 1):
+            raise _invalid("expert_dropout", expert_dropout, "0 <= expert_dropout < 1")
+        if router_dtype not in ROUTER_DTYPES:
+            raise _invalid("router_dtype", router_dtype, f"one of {ROUTER_DTYPES}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise _invalid("generator", generator, "a torch.Generator or None")
+        world_size, rank = 1, 0
+        if process_group is not None:
+            if not (dist.is_available() and dist.is_initialized()):
+                raise _invalid("process_group", process_group, "None, or a group of an initialised torch.distributed")
+            world_size, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
+            if num_experts % world_size:
+                raise _invalid(
+                    "num_experts", num_experts, f"a multiple of the process group's size {world_size} (one slice each)"
+                )
+        self.d_model, self.d_ff, self.num_experts, self.top_k = int(d_model), int(d_ff), int(num_experts), int(top_k)
+        self.capacity_factor = None if capacity_factor is None else float(capacity_factor)
+        self.eval_capacity_factor = None if eval_capacity_factor is None else float(eval_capacity_factor)
+        self.z_loss_coef, self.balance_loss_coef = float(z_loss_coef), float(balance_loss_coef)
+        self.router_jitter, self.expert_type = float(router_jitter), expert_type
+        self.second_policy, self.second_threshold = second_policy, float(second_threshold)
+        self.expert_dropout, self.router_dtype, self.generator = float(expert_dropout), router_dtype, generator
+        self.process_group, self.world_size, self.rank = process_group, world_size, rank
+        self.num_local_experts = self.num_experts // world_size
+        self.first_expert = rank * self.num_local_experts  # this rank holds [first_expert, first_expert + E_local)
+
+        factory = {"device": device, "dtype": dtype}
+        local, d, f = self.num_local_experts, self.d_model, self.d_ff
+        self.router = nn.Linear(d, self.num_experts, bias=False, **factory)  # initialised by nn.Linear
+        self.w_in = nn.Parameter(torch.empty(local, d, f, **factory))
+        self.w_gate = nn.Parameter(torch.empty(local, d, f, **factory)) if expert_type == "geglu" else None
+        self.w_out = nn.Parameter(torch.empty(local, f, d, **factory))
+        self.b_in = nn.Parameter(torch.empty(local, f, **factory)) if bias else None
+        self.b_gate = nn.Parameter(torch.empty(local, f, **factory)) if bias and expert_type == "geglu" else None
+        self.b_out = nn.Parameter(torch.empty(local, d, **factory)) if bias else None
+        self._init_experts()
+
+        self.aux_loss: torch.Tensor | None = None  # c_b · L_b + c_z · L_z of the last forward
+        self.stats: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _init_experts(self) -> None:
+        """nn.Linear's init (uniform in +-1/sqrt(fan_in)) per expert, all E drawn in order, this rank's kept."""
+        d, f = self.d_model, self.d_ff
+        shapes = [("w_in", (d, f), d), ("w_gate", (d, f), d), ("w_out", (f, d), f)]
+        shapes += [("b_in", (f,), d), ("b_gate", (f,), d), ("b_out", (d,), f)]
+        for expert in range(self.num_experts):
+            for name, shape, fan_in in shapes:
+                param = getattr(self, name)
+                if param is None:
+                    continue
+                bound = 1 / math.sqrt(fan_in)
+                values = torch.empty(shape, device=param.device, dtype=param.dtype).uniform_(-bound, bound)
+                local = expert - self.first_expert
+                if 0 <= local < self.num_local_experts:
+                    param[local].copy_(values)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_ff={self.d_ff}, num_experts={self.num_experts}, top_k={self.top_k}, "
+            f"capacity_factor={self.capacity_factor}, eval_capacity_factor={self.eval_capacity_factor}, "
+            f"expert_type={self.expert_type!r}, experts here={self.first_expert}..."
+            f"{self.first_expert + self.num_local_experts - 1}"
+        )
+
+    # ---------------------------------------------------------------------------------------------- routing
+
+    def _rand(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Uniform [0, 1) float32 noise of `shape` on `device`, from self.generator if set."""
+        if self.generator is None:
+            return torch.rand(shape, device=device)
+        return torch.rand(shape, generator=self.generator, device=self.generator.device).to(device)
+
+    def router_logits(self, x2d: torch.Tensor) -> torch.Tensor:
+        """Router logits [T, E] in router_dtype for tokens x2d [T, d_model], with jitter in training.
+
+        Autocast is switched off here, and the input and weight are cast to router_dtype, so a bf16/fp16 model
+        still routes in float32.
+        """
+        with torch.autocast(device_type=x2d.device.type, enabled=False):
+            h = x2d.to(self.router_dtype)
+            if self.training and self.router_jitter > 0:
+                eps = self.router_jitter
+                noise = self._rand(tuple(h.shape), h.device).mul_(2 * eps).add_(1 - eps)  # uniform in [1-eps, 1+eps)
+                h = h * noise.to(h.dtype)
+            return F.linear(h, self.router.weight.to(self.router_dtype))
+
+    def _route(self, x2d: torch.Tensor):
+        """(logits [T, E], probs [T, E] float32, indices [T, k] long, gates [T, k] float32), before capacity."""
+        logits = self.router_logits(x2d)
+        probs = router_probabilities(logits, self.router_dtype)
+        if self.top_k == 1:
+            top_probs, indices = probs.max(dim=-1, keepdim=True)  # cheaper than topk
+        else:
+            top_probs, indices = probs.topk(self.top_k, dim=-1)  # descending: column 0 is the top-1 choice
+        gates = top_probs if self.top_k == 1 else top_probs / top_probs.sum(dim=-1, keepdim=True)
+        return logits, probs, indices, gates
+
+    def route(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices [T, k] long, gates [T, k] float32) for tokens x2d [T, d_model], before capacity and sampling.
+
+        Column 0 is each token's top-1 expert. Deterministic in eval mode; in training, jitter (if set) applies.
+        """
+        _, _, indices, gates = self._route(self._check(x2d, two_d=True))
+        return indices, gates
+
+    def capacity(self, num_tokens: int) -> int | None:
+        """Assignments each expert may take in a forward over num_tokens tokens in the current mode (None: dropless).
+
+        floor(factor · k · T / E), at least 1; the product is rounded to 9 decimals first, so 0.29 · 100 counts as 29.
+        """
+        factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        if factor is None:
+            return None
+        return max(1, math.floor(round(factor * self.top_k * num_tokens / self.num_experts, 9)))
+
+    # ---------------------------------------------------------------------------------------------- experts
+
+    def expert(self, i: int, x2d: torch.Tensor) -> torch.Tensor:
+        """Expert i (a global index, held by this rank) applied to the rows of x2d [N, d_model] -> [N, d_model]."""
+        local = i - self.first_expert if _is_int(i) else -1
+        if not 0 <= local < self.num_local_experts:
+            last = self.first_expert + self.num_local_experts - 1
+            raise _invalid("expert index", i, f"an int in [{self.first_expert}, {last}] (the experts on this rank)")
+        x2d = self._check(x2d, two_d=True)
+
+        def linear(x, weight, bias):
+            return x @ weight[local] if bias is None else torch.addmm(bias[local], x, weight[local])
+
+        hidden = linear(x2d, self.w_in, self.b_in)
+        if self.expert_type == "geglu":
+            hidden = F.gelu(linear(x2d, self.w_gate, self.b_gate)) * hidden
+        else:
+            hidden = F.gelu(hidden)
+        hidden = F.dropout(hidden, self.expert_dropout, self.training)
+        return linear(hidden, self.w_out, self.b_out)
+
+    def _ffn(self, buffer: torch.Tensor) -> torch.Tensor:
+        """All local experts at once on a padded buffer [E_local, C, d_model] -> [E_local, C, d_model] (torch.bmm)."""
+
+        def linear(x, weight, bias):
+            return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+
+        hidden = linear(buffer, self.w_in, self.b_in)
+        if self.expert_type == "geglu":
+            hidden = F.gelu(linear(buffer, self.w_gate, self.b_gate)) * hidden
+        else:
+            hidden = F.gelu(hidden)
+        hidden = F.dropout(hidden, self.expert_dropout, self.training)
+        return linear(hidden, self.w_out, self.b_out)
+
+    def _exchange_and_run(self, rows: torch.Tensor, kept_counts: torch.Tensor) -> torch.Tensor:
+        """Expert parallelism: send rows [N, d_model] (grouped by global expert, kept_counts [E] of each) to the
+        experts' ranks, run the local experts on what arrives, and bring the outputs back in the same order."""
+        world, local, group = self.world_size, self.num_local_experts, self.process_group
+        recv_counts = torch.empty_like(kept_counts)
+        dist.all_to_all_single(recv_counts, kept_counts, group=group)  # E counts each way: local experts per rank
+        sent, received = torch.stack([kept_counts, recv_counts]).view(2, world, local).tolist()  # the host sync
+        send_splits, recv_splits = [sum(row) for row in sent], [sum(row) for row in received]
+        capacity = max(1, max(sum(column) for column in zip(*received)))  # the fullest local expert's rows
+        if torch.is_grad_enabled() and not rows.requires_grad:
+            rows = rows.detach().requires_grad_()  # so that every rank joins the backward exchange of the rows
+        arrived = _AllToAll.apply(rows, send_splits, recv_splits, group)
+
+        # arrived comes in blocks, source rank by source rank, and within one by local expert. A row's slot in the
+        # padded buffer: its expert's first slot + rows of that expert from earlier sources + its place in its block.
+        num_rows, blocks = arrived.shape[0], recv_counts
+        block_start = blocks.cumsum(0) - blocks
+        earlier = blocks.view(world, local).cumsum(0) - blocks.view(world, local)
+        shift = earlier.reshape(-1) - block_start
+        block = torch.repeat_interleave(torch.arange(world * local, device=rows.device), blocks, output_size=num_rows)
+        slot = (block % local) * capacity + torch.arange(num_rows, device=rows.device) + shift[block]
+        buffer = arrived.new_zeros(local * capacity, self.d_model).index_copy(0, slot, arrived)
+        out = self._ffn(buffer.view(local, capacity, self.d_model)).view(local * capacity, self.d_model)
+        return _AllToAll.apply(out.index_select(0, slot), recv_splits, send_splits, group)
+
+    # ---------------------------------------------------------------------------------------------- forward
+
+    def _check(self, x: torch.Tensor, two_d: bool = False) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.d_model or (two_d and x.ndim != 2):
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            want = f"[T, {self.d_model}]" if two_d else f"[..., {self.d_model}]"
+            raise ValueError(f"Invalid input: {got}; expected a float tensor {want} (d_model = {self.d_model})")
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., d_model] -> y [..., d_model]; sets aux_loss and stats (see the class docstring)."""
+        shape = self._check(x).shape
+        x2d = x.reshape(-1, self.d_model)
+        num_tokens, k, num_experts, d = x2d.shape[0], self.top_k, self.num_experts, self.d_model
+        logits, probs, indices, gates = self._route(x2d)
+
+        # The k·T assignments, choice-major: a = j·T + t is token t's j-th choice. Unused (sampled-out) choices get
+        # the expert number E, which sorts after every real expert and is never kept.
+        expert = indices.t().reshape(-1)
+        gate = gates.t().reshape(-1)
+        if self.training and self.second_policy == "sampled" and k > 1:
+            draw = self._rand((k - 1, num_tokens), x2d.device)
+            used = draw < gates[:, 1:].t().detach() / self.second_threshold  # probability min(1, g_j / threshold)
+            expert = torch.cat([expert[:num_tokens], expert[num_tokens:].masked_fill(~used.reshape(-1), num_experts)])
+        sorted_expert, order = torch.sort(expert, stable=True)  # stable: choice-major, then token order, per expert
+        counts = torch.bincount(expert, minlength=num_experts + 1)  # [E + 1]; the last counts unused choices
+        start = counts.cumsum(0) - counts
+        position = torch.arange(expert.numel(), device=expert.device) - start[sorted_expert]  # place in its expert
+        capacity = self.capacity(num_tokens)
+        keep = sorted_expert < num_experts
+        if capacity is not None:
+            keep &= position < capacity
+        kept_counts = counts[:num_experts] if capacity is None else counts[:num_experts].clamp(max=capacity)
+        token = order % num_tokens  # [k·T], in sorted order
+
+        if self.world_size == 1 and num_tokens == 0:
+            y, served = x2d.clone(), token  # nothing to route: [0, d_model]
+        elif self.world_size == 1:
+            # Gather straight into the padded buffer [E, C_buf, d] and add straight back from it: slot s holds token
+            # slot_token[s] with gate slot_gate[s]. An empty slot repeats token[0] (the first sorted assignment, which
+            # is always kept) with gate 0: it adds exactly 0 and passes back a zero gradient, and x needs no zero row.
+            width = max(1, int(kept_counts.max()))  # C_buf <= capacity: the forward's one host sync
+            slots = num_experts * width
+            slot = torch.where(keep, sorted_expert * width + position, slots)  # slots: a dump for the dropped
+            slot_token = token[:1].expand(slots + 1).clone().scatter_(0, slot, token)[:slots]
+            slot_gate = gate.new_zeros(slots + 1).scatter(0, slot, gate.index_select(0, order))[:slots]
+            buffer = x2d.index_select(0, slot_token).view(num_experts, width, d)
+            out = self._ffn(buffer).view(slots, d)
+            y = out.new_zeros(num_tokens, d).index_add_(0, slot_token, out * slot_gate.to(out.dtype).unsqueeze(1))
+            served = token.masked_fill(~keep, num_tokens)
+        else:
+            chosen = keep.nonzero().squeeze(1)  # kept assignments in sorted order: grouped by expert
+            served = token.index_select(0, chosen)
+            out = self._exchange_and_run(x2d.index_select(0, served), kept_counts)
+            weight = gate.index_select(0, order.index_select(0, chosen)).to(out.dtype).unsqueeze(1)
+            y = out.new_zeros(num_tokens, d).index_add_(0, served, out * weight)
+
+        self._record(logits, probs, indices, counts[:num_experts], kept_counts, served, num_tokens)
+        return y.view(*shape[:-1], d)
+
+    def _record(self, logits, probs, indices, counts, kept_counts, served, num_tokens) -> None:
+        """Set aux_loss (differentiable) and stats (detached tensors; nothing here waits on the device).
+
+        counts / kept_counts [E]: assignments per expert before / after capacity. served: the token of every kept
+        assignment (entries equal to num_tokens are ignored).
+        """
+        logits32 = logits.float()
+        if num_tokens == 0:
+            zero = logits32.sum()  # 0, attached to the graph
+            self.aux_loss, z_loss, balance, lse = zero, zero, zero, logits32.new_zeros(0)
+        else:
+            lse = torch.logsumexp(logits32, dim=-1)  # router_z_loss's, shared with the stats below
+            z_loss = lse.pow(2).mean()
+            balance = load_balancing_loss(probs, indices[:, 0])
+            self.aux_loss = self.balance_loss_coef * balance + self.z_loss_coef * z_loss
+        with torch.no_grad():
+            logits32, lse = logits32.detach(), lse.detach()
+            assigned = counts.sum().clamp(min=1).float()
+            per_token = torch.bincount(served, minlength=num_tokens + 1)[:num_tokens]
+            denominator = max(num_tokens, 1)
+            # Per-token entropy -sum p log p = logsumexp - sum p · logit (log p = logit - logsumexp), clamped at 0
+            # against round-off when the logits are large.
+            entropy = (lse - (probs.detach() * logits32).sum(dim=-1)).clamp(min=0).sum()
+            self.stats = {
+                "dropped_fraction": 1 - kept_counts.sum() / assigned,
+                "tokens_dropped_fraction": (per_token == 0).sum().float() / denominator,
+                "expert_load": counts.float() / assigned,
+                "router_entropy": entropy / denominator,
+                "mean_logsumexp": lse.sum() / denominator,
+                "max_abs_logit": logits32.abs().amax() if logits32.numel() else logits32.new_zeros(()),
+                "z_loss": z_loss.detach(),
+                "balance_loss": balance.detach(),
+            }
+
+    def float_stats(self) -> dict:
+        """The last forward's stats as Python floats (expert_load as a list), with one transfer from the device."""
+        if not self.stats:
+            return {}
+        names = list(self.stats)
+        flat = torch.cat([self.stats[n].reshape(-1).float() for n in names]).tolist()
+        out, at = {}, 0
+        for name in names:
+            size = self.stats[name].numel()
+            out[name] = flat[at] if name != "expert_load" else flat[at : at + size]
+            at += size
+        return out

@@ -1,0 +1,91 @@
+"""Chapter 04's experiment code: the uniform-routing floor, the bf16 example, the optimizers, one short run."""
+
+import math
+
+import pytest
+import torch
+
+from accel.experiments import moe as chapter
+
+
+@pytest.mark.parametrize("setting", sorted(chapter.PAPER_UNIFORM_FLOOR))
+def test_uniform_floor_reproduces_the_papers_numbers(setting):
+    tokens, factor = setting
+    assert round(100 * chapter.uniform_drop_floor(tokens, 32, factor, 1), 2) == pytest.approx(
+        chapter.PAPER_UNIFORM_FLOOR[setting], abs=0.01)
+
+
+@pytest.mark.parametrize("experts, k, factor", [(8, 1, 1.0), (8, 2, 1.0), (4, 2, 0.75), (16, 3, 1.25)])
+def test_uniform_floor_matches_monte_carlo(experts, k, factor):
+    exact = chapter.uniform_drop_floor(256, experts, factor, k)
+    simulated = chapter.simulated_uniform_drops(256, experts, factor, k, trials=3000, seed=1)
+    assert simulated == pytest.approx(exact, abs=0.004, rel=0.05)
+
+
+def test_uniform_floor_edge_cases():
+    assert chapter.uniform_drop_floor(100, 2, 1.0, 2) == 0.0  # every token to both experts, capacity 100
+    assert chapter.capacity(10, 64, 0.5) == 1  # at least one slot
+    assert chapter.uniform_drop_floor(1024, 8, 4.0, 1) < 1e-12
+
+
+def test_bf16_roundoff_example_is_the_papers():
+    example = chapter.bf16_roundoff_example()
+    assert example["logit 128.5 stored in bfloat16"] == 128.0
+    assert example["top probability, float32"] == pytest.approx(0.1415, abs=1e-3)
+    assert example["top probability, bfloat16 logits"] == pytest.approx(1 / 11, abs=1e-4)
+
+
+def test_clipped_adam_caps_the_update_rms():
+    weight = torch.nn.Parameter(torch.zeros(1000))
+    optimizer = chapter.ClippedAdam([weight], lr=1.0, d=0.1)
+    weight.grad = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    optimizer.step()  # Adam's first update is sign(g) (RMS 1); clipped to RMS 0.1
+    assert weight.detach().pow(2).mean().sqrt().item() == pytest.approx(0.1, rel=1e-3)
+    with pytest.raises(ValueError, match="Invalid d"):
+        chapter.ClippedAdam([weight], d=0)
+
+
+def test_optimizer_groups_give_the_router_its_own_rate():
+    cfg = chapter.config("smoke")
+    arm = chapter.Arm("x", router_lr_mult=10.0)
+    model = chapter.make_model(cfg, arm, 0, torch.device("cpu"))
+    optimizer = chapter.make_optimizer(model, arm, 1e-3)
+    rest, router = optimizer.param_groups
+    assert router["lr"] == pytest.approx(1e-2) and len(router["params"]) == len(model.moe_layers())
+    with pytest.raises(ValueError, match="Invalid optimizer"):
+        chapter.make_optimizer(model, chapter.Arm("x", optimizer="sgd"), 1e-3)
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    cfg = chapter.config("smoke", steps=12, eval_windows=8)
+    return cfg, chapter.load_data(cfg)
+
+
+def test_a_short_run_is_seeded_and_records_the_router(smoke):
+    cfg, data = smoke
+    a = chapter.train(cfg, chapter.Arm("recipe"), 0, data, torch.device("cpu"))
+    b = chapter.train(cfg, chapter.Arm("same settings, other name"), 0, data, torch.device("cpu"))
+    assert a.curve == b.curve and a.val_loss == b.val_loss and not a.diverged
+    assert {"mean_logsumexp", "max_abs_logit", "entropy", "dropped"} <= set(a.curve[-1])
+    assert 0 < a.val_loss < math.log(256) + 0.5
+
+
+def test_divergence_is_detected_and_stops_the_run(smoke):
+    cfg, data = smoke
+    run = chapter.train(chapter.replace(cfg, diverge_loss=1.0), chapter.Arm("x"), 0, data, torch.device("cpu"))
+    assert run.diverged and run.diverged_at == 0 and run.val_loss == math.inf
+
+
+def test_run_cache_shares_runs_with_identical_settings(smoke):
+    cfg, data = smoke
+    cache = {}
+    arms = [chapter.Arm("recipe"), chapter.Arm("8 experts", {"num_experts": cfg.num_experts})]
+    runs = chapter.run_arms(cfg, data, torch.device("cpu"), arms, (0,), desc="x", show_progress=False, cache=cache)
+    assert len(cache) == 1 and runs["recipe"][0].model is runs["8 experts"][0].model
+    assert runs["8 experts"][0].arm == "8 experts"
+    routing = chapter.routing_at(cfg, runs["recipe"][0].model, data, torch.device("cpu"), 1.0)
+    assert 0 <= routing["dropped"] <= 1 and 0 <= routing["entropy"] <= math.log(cfg.num_experts) + 1e-6
+    classes, shares = chapter.expert_by_byte_class(cfg, runs["recipe"][0].model, data, torch.device("cpu"))
+    assert shares.shape == (len(classes), cfg.num_experts)
+    assert torch.allclose(shares.sum(1)[shares.sum(1) > 0], torch.tensor(1.0))
