@@ -375,23 +375,15 @@ class MoE(nn.Module):
             last = self.first_expert + self.num_local_experts - 1
             raise _invalid("expert index", i, f"an int in [{self.first_expert}, {last}] (the experts on this rank)")
         x2d = self._check(x2d, two_d=True)
+        return self._ffn(x2d.unsqueeze(0), slice(local, local + 1))[0]
+
+    def _ffn(self, buffer: torch.Tensor, experts: slice = slice(None)) -> torch.Tensor:
+        """The local experts ``experts`` (default: all) at once on a padded buffer [E, C, d_model] -> [E, C, d_model]
+        (torch.bmm); ``expert(i, x)`` is the one-expert case."""
 
         def linear(x, weight, bias):
-            return x @ weight[local] if bias is None else torch.addmm(bias[local], x, weight[local])
-
-        hidden = linear(x2d, self.w_in, self.b_in)
-        if self.expert_type == "geglu":
-            hidden = F.gelu(linear(x2d, self.w_gate, self.b_gate)) * hidden
-        else:
-            hidden = F.gelu(hidden)
-        hidden = F.dropout(hidden, self.expert_dropout, self.training)
-        return linear(hidden, self.w_out, self.b_out)
-
-    def _ffn(self, buffer: torch.Tensor) -> torch.Tensor:
-        """All local experts at once on a padded buffer [E_local, C, d_model] -> [E_local, C, d_model] (torch.bmm)."""
-
-        def linear(x, weight, bias):
-            return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+            weight = weight[experts]
+            return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias[experts].unsqueeze(1), x, weight)
 
         hidden = linear(buffer, self.w_in, self.b_in)
         if self.expert_type == "geglu":

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import math
-import os
 import random
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _gloo import run_two_ranks  # tests/_gloo.py: the two-rank launcher
 from torch.utils.data import DataLoader, TensorDataset
 
 from accel.infobatch import InfoBatch, WithIndex
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 
 def _trained(losses, num_epochs=10, prune_ratio=0.5, delta=0.875, seed=0, **kwargs) -> InfoBatch:
@@ -397,36 +393,8 @@ def test_replicas_partition_the_padded_global_list_without_torch_distributed():
         ranks[0].update([other], torch.tensor([1.0]))
 
 
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("_infobatch_dist_worker", HERE / "_infobatch_dist_worker.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_two_processes_with_gloo_match_a_single_process(tmp_path):
-    worker = _load_worker()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    init_file = tmp_path / "rendezvous"
-    outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "_infobatch_dist_worker.py"), str(r), "2", str(init_file), str(outs[r])],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    records = [torch.load(out) for out in outs]
+    worker, records = run_two_ranks(HERE / "_infobatch_dist_worker.py", tmp_path)
     assert [(r["num_replicas"], r["rank"]) for r in records] == [(2, 0), (2, 1)]
 
     # The same run in one process: every sample of the global list updated by this one sampler.

@@ -3,21 +3,17 @@ determinism, validation, stats, and expert parallelism over 2 gloo processes aga
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _gloo import run_two_ranks  # tests/_gloo.py: the two-rank launcher
 
 from accel.moe import MoE, load_balancing_loss, router_probabilities, router_z_loss
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 
 def _randn(*shape, seed=0) -> torch.Tensor:
@@ -411,36 +407,8 @@ def test_empty_input():
 # ------------------------------------------------------------------------------------------ expert parallelism
 
 
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("_moe_dist_worker", HERE / "_moe_dist_worker.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_two_processes_with_gloo_match_a_single_process(tmp_path):
-    worker = _load_worker()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    init_file = tmp_path / "rendezvous"
-    outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "_moe_dist_worker.py"), str(r), "2", str(init_file), str(outs[r])],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    records = [torch.load(out) for out in outs]
+    worker, records = run_two_ranks(HERE / "_moe_dist_worker.py", tmp_path)
     assert [(r["first_expert"], r["num_local_experts"]) for r in records] == [(0, 2), (2, 2)]
 
     # One process holding all four experts, built under the same seed: the same weights, slice by slice.

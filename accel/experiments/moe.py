@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -338,25 +339,21 @@ def evaluate(cfg: Config, model: TransformerLM, data: TextCorpus, device: torch.
     return total / count
 
 
-class _eval_capacity:
-    """Context: eval mode, with every MoE layer's eval capacity factor temporarily replaced (-1: unchanged)."""
-
-    def __init__(self, model: TransformerLM, factor: float | None):
-        self.model, self.factor = model, factor
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.saved = [layer.eval_capacity_factor for layer in self.model.moe_layers()]
-        self.model.eval()
-        if self.factor != -1.0:
-            for layer in self.model.moe_layers():
-                layer.eval_capacity_factor = self.factor
-        return self
-
-    def __exit__(self, *exc):
-        for layer, factor in zip(self.model.moe_layers(), self.saved):
+@contextmanager
+def _eval_capacity(model: TransformerLM, factor: float | None):
+    """Eval mode, with every MoE layer's eval capacity factor temporarily replaced (-1: unchanged)."""
+    was_training, layers = model.training, model.moe_layers()
+    saved = [layer.eval_capacity_factor for layer in layers]
+    model.eval()
+    if factor != -1.0:
+        for layer in layers:
             layer.eval_capacity_factor = factor
-        self.model.train(self.was_training)
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, saved):
+            layer.eval_capacity_factor = old
+        model.train(was_training)
 
 
 @torch.no_grad()
