@@ -1,0 +1,149 @@
+"""Chapter 03's experiment functions (accel.experiments.cowclip) on a tiny synthetic set."""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from accel.datasets.ctr import SyntheticCTRSpec
+from accel.experiments import cowclip as chapter
+
+TINY = replace(
+    chapter.config("smoke"),
+    data=SyntheticCTRSpec(vocab_sizes=(300, 60, 20), train_rows=4000, test_rows=2000, linear_scale=0.6),
+    base_batch=32, multipliers=(4, 16), hf_multipliers=(16,), mlp_dims=(8,), epochs=1, workers=0,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_profiles_exist_and_validate():
+    for profile in ("smoke", "cpu", "paper"):
+        cfg = chapter.config(profile)
+        assert cfg.base_batch * max(cfg.multipliers) <= (cfg.data.train_rows if cfg.dataset == "synthetic" else 1e9)
+    assert max(chapter.config("cpu").multipliers) == 128  # the issue's 128x range
+    with pytest.raises(ValueError, match="profile"):
+        chapter.config("huge")
+    with pytest.raises(ValueError, match="rule"):
+        chapter.Arm("x", rule="cubic")
+    with pytest.raises(ValueError, match="data"):
+        chapter.Arm("x", data="imaginary")
+
+
+def test_rules_scale_as_documented():
+    cfg = TINY
+    k = 16
+    hp = {rule: chapter.hyperparameters(cfg, chapter.Arm("x", rule=rule, multiplier=k)) for rule in chapter.RULES}
+    assert hp["none"]["lr"] == cfg.base_lr and hp["none"]["embed_lr"] == cfg.base_embed_lr
+    assert hp["sqrt"]["lr"] == pytest.approx(cfg.base_lr * 4) and hp["sqrt"]["embed_lr"] == pytest.approx(
+        cfg.base_embed_lr * 4
+    )
+    assert hp["linear"]["embed_lr"] == pytest.approx(cfg.base_embed_lr * 16)
+    assert hp["cowclip"]["lr"] == pytest.approx(cfg.base_lr * 4) and hp["cowclip"]["embed_lr"] == cfg.base_embed_lr
+    assert all(h["l2"] == pytest.approx(cfg.base_l2 * k) for h in hp.values())
+    assert [h["clip"] for h in hp.values()] == [False, False, False, True]
+    assert chapter.hyperparameters(cfg, chapter.Arm("x", multiplier=k, scale_l2=False))["l2"] == cfg.base_l2
+    assert chapter.hyperparameters(cfg, chapter.Arm("x", multiplier=k, clip=False))["clip"] is False
+
+
+def test_absent_rows_choice():
+    assert chapter.absent_rows({"l2": 1e-3, "r": 1.0}) == "skip"
+    assert chapter.absent_rows({"l2": 1e-2, "r": 0.001}) == "clip"
+
+
+def test_train_is_deterministic_and_records_binding():
+    arm = chapter.Arm("cc", multiplier=1)
+    a = chapter.train(TINY, arm, seed=3)
+    b = chapter.train(TINY, arm, seed=3)
+    c = chapter.train(TINY, arm, seed=4)
+    assert a.auc == b.auc and a.auc_per_epoch == b.auc_per_epoch
+    assert a.auc != c.auc
+    assert 0.5 < a.auc < 1 and math.isfinite(a.logloss)
+    assert a.steps == a.steps_per_epoch == 4000 // 32
+    assert a.clip_fraction is not None and 0 <= a.clip_fraction <= 1
+    assert sum(a.bucket_clipped) <= sum(a.bucket_touched) and sum(a.bucket_touched) > 0
+    assert a.clip_fraction == pytest.approx(sum(a.bucket_clipped) / sum(a.bucket_touched))
+    plain = chapter.train(TINY, chapter.Arm("none", rule="none"), seed=3)
+    assert plain.clip_fraction is None and sum(plain.bucket_touched) == 0
+
+
+def test_step_matched_runs_many_epochs():
+    run = chapter.train(TINY, chapter.Arm("s", multiplier=16, steps=20), seed=0)
+    assert run.steps == 20 and run.steps_per_epoch == 4000 // 512
+    assert len(run.auc_per_epoch) == math.ceil(20 / run.steps_per_epoch)
+
+
+def test_run_arms_caches_and_shares_runs():
+    cache = {}
+    arms = [chapter.Arm("a", rule="none"), chapter.Arm("b", rule="sqrt", multiplier=4)]
+    first = chapter.run_arms(TINY, arms, (0,), show_progress=False, cache=cache)
+    assert len(cache) == 2
+    again = chapter.run_arms(TINY, [chapter.Arm("renamed", rule="none")], (0,), show_progress=False, cache=cache)
+    assert len(cache) == 2 and again["renamed"][0].auc == first["a"][0].auc
+
+
+def test_worker_processes_give_the_same_numbers():
+    arms = [chapter.Arm("a", rule="sqrt", multiplier=16), chapter.Arm("b", rule="cowclip", multiplier=16)]
+    here = chapter.run_arms(TINY, arms, (0,), show_progress=False)
+    pooled = chapter.run_arms(replace(TINY, workers=2), arms, (0,), show_progress=False)
+    assert {k: v[0].auc for k, v in here.items()} == {k: v[0].auc for k, v in pooled.items()}
+
+
+def test_updates_per_epoch_follow_the_argument():
+    data = chapter.load_data(TINY)
+    updates = chapter.updates_per_epoch(data, [32, 512], seed=0)
+    counts = np.concatenate(chapter.id_counts(data.train.ids, data.field_dims))
+    frequent, rare = counts >= 500, (counts > 0) & (counts <= 2)
+    # frequent IDs: about one update per step, so ~16x fewer at 16x the batch
+    assert updates[32][frequent].mean() / updates[512][frequent].mean() > 8
+    # rare IDs: about one update per occurrence at either batch size (the larger batch drops a longer partial batch
+    # at the end of the epoch, and two occurrences may share a batch)
+    assert updates[512][rare].mean() / updates[32][rare].mean() > 0.75
+    assert np.all(updates[32] <= counts)
+
+
+def test_id_frequency_and_buckets():
+    data = chapter.load_data(TINY)
+    freq = chapter.id_frequency(data)
+    assert sum(freq["bucket_id_share"]) == pytest.approx(1.0)
+    assert sum(freq["bucket_row_share"]) == pytest.approx(1.0)
+    buckets = chapter.frequency_bucket_of_rows(data)
+    assert len(buckets) == sum(data.field_dims) and int(buckets.max()) < len(chapter.FREQUENCY_BUCKETS)
+    assert len(chapter.bucket_labels()) == len(chapter.FREQUENCY_BUCKETS)
+
+
+def test_tables_and_summaries():
+    runs = chapter.run_arms(TINY, chapter.table1_arms(TINY, multipliers=(4,)), (0, 1), show_progress=False)
+    rows = chapter.scaling_table(runs)
+    assert [r["arm"] for r in rows] == ["base", "none ×4", "sqrt ×4", "linear ×4"]
+    assert rows[0]["gap"] == 0.0
+    gap, _ = chapter.paired_difference(runs["sqrt ×4"], runs["base"])
+    assert gap == pytest.approx(np.mean([a.auc - b.auc for a, b in zip(runs["sqrt ×4"], runs["base"])]))
+    assert chapter.summarize([1.0]) == (1.0, 0.0)
+    table = chapter.hparams_table(TINY)
+    assert len(table) == 3 * len(chapter.RULES)
+    record = chapter.run_record(runs["base"][0])
+    assert "model" not in record and record["auc"] == runs["base"][0].auc
+
+
+def test_binding_by_bucket_pools_seeds():
+    run = chapter.Run("x", 0, {}, 0.7, 0.5, [], 1, 1, 1.0, 0.0, 0.1, [10, 10, 0, 0], [1, 0, 0, 0])
+    other = replace(run, seed=1, bucket_touched=[10, 30, 0, 0], bucket_clipped=[3, 0, 0, 0])
+    rates = chapter.binding_by_bucket({"x": [run, other]})["x"]
+    assert rates[0] == pytest.approx(0.2) and rates[1] == 0.0 and math.isnan(rates[2])
+
+
+def test_bayes_and_live_run():
+    limit = chapter.bayes(TINY)
+    assert 0.5 < limit["auc"] < 1
+    readout = chapter.live_run(replace(TINY, live_epochs=1), multiplier=4)
+    assert 0 < readout["AUC (live)"] < 1 and readout["steps"] == 4000 // 128
