@@ -151,3 +151,12 @@ def test_spec_validation():
         SyntheticCTRSpec(train_rows=0)
     with pytest.raises(ValueError, match="rare_signal"):
         SyntheticCTRSpec(rare_signal=-1)
+
+
+def test_cache_is_reused_not_regenerated(tmp_path, monkeypatch):
+    import accel.datasets.ctr as ctr
+
+    make_synthetic_ctr(SMALL, root=tmp_path)
+    monkeypatch.setattr(ctr, "_generate", lambda spec: pytest.fail("regenerated a cached set"))
+    again = make_synthetic_ctr(SMALL, root=tmp_path)
+    assert len(again.train) == SMALL.train_rows

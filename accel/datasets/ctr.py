@@ -360,12 +360,17 @@ def _write_folder(target: Path, arrays: dict[str, np.ndarray], manifest: dict) -
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
+        if target.exists():  # a stale or damaged set (the caller checked): move it aside, then remove it
+            stale = Path(tempfile.mkdtemp(dir=target.parent, prefix=".stale-"))
+            try:
+                os.rename(target, stale / "old")
+            except OSError:
+                pass  # another process moved or replaced it first
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not target.is_dir():
+            if not target.is_dir():  # not a concurrent builder that got there first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -392,7 +397,8 @@ def make_synthetic_ctr(
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
             arrays = {a: np.load(folder / f"{a}.npy", mmap_mode="c") for a in _ARRAYS}
-            if manifest.get("spec") != asdict(spec) or len(arrays["train_labels"]) != spec.train_rows:
+            spec_as_json = json.loads(json.dumps(asdict(spec)))  # tuples come back from JSON as lists
+            if manifest.get("spec") != spec_as_json or len(arrays["train_labels"]) != spec.train_rows:
                 arrays = None
             meta = manifest.get("meta")
         except (OSError, ValueError, KeyError):

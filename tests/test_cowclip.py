@@ -1,0 +1,556 @@
+"""Tests for accel.cowclip: the clip against a per-row transcription of Algorithm 1, counts, the dense and sparse
+in-place paths, absent rows, statistics, the official threshold, the scaling rule, validation, and the CowClip
+training integration (warmup, learning rates, L2, clip, training, state_dict, sparse embeddings)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from accel.cowclip import (
+    WARMUP_START_LR,
+    CowClip,
+    clip_embedding_grad_,
+    cowclip,
+    row_counts,
+    scaled_hparams,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors throughout: one thread is faster, and unaffected by other work on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _reference(grad, weight, counts, r, zeta):
+    """Algorithm 1, one row at a time, in float64 Python: g · min(clip, ||g||) / ||g||, clip = cnt·max(r||w||, ζ)."""
+    out = []
+    for g, w, cnt in zip(grad.double().tolist(), weight.double().tolist(), counts.double().tolist()):
+        n_g = math.sqrt(sum(v * v for v in g))
+        clip = cnt * max(r * math.sqrt(sum(v * v for v in w)), zeta)
+        out.append([v * min(clip, n_g) / n_g if n_g > 0 else 0.0 for v in g])
+    return torch.tensor(out, dtype=torch.float64).reshape(grad.shape)
+
+
+def _case(rows, dim, seed, dtype=torch.float64):
+    """Gradients of mixed sizes against small weights so that some rows clip and some do not; some zero rows."""
+    gen = _gen(seed)
+    grad = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
+    grad *= torch.exp(torch.randn(rows, 1, generator=gen, dtype=torch.float64) * 2) * 1e-2
+    grad[torch.rand(rows, generator=gen) < 0.1] = 0
+    weight = torch.randn(rows, dim, generator=gen, dtype=torch.float64) * 1e-2
+    weight[torch.rand(rows, generator=gen) < 0.1] = 0
+    counts = torch.randint(0, 5, (rows,), generator=gen)
+    return grad.to(dtype), weight.to(dtype), counts
+
+
+# --------------------------------------------------------------------------------------------------- the clip op
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("r, zeta", [(1.0, 1e-5), (0.5, 0.0), (2.0, 1e-2), (1.0, 0.3)])
+def test_cowclip_matches_a_per_row_transcription_of_algorithm_1(dtype, r, zeta):
+    for seed, (rows, dim) in enumerate([(1, 1), (7, 3), (64, 10), (33, 16)]):
+        grad, weight, counts = _case(rows, dim, seed, dtype)
+        expected = _reference(grad, weight, counts, r, zeta)
+        for cnt in (counts, counts.to(dtype)):  # int or float counts
+            out = cowclip(grad, weight, cnt, r=r, zeta=zeta)
+            assert out.dtype == dtype and out.shape == grad.shape
+            tol = 1e-12 if dtype == torch.float64 else 1e-6
+            torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+    assert not torch.equal(expected, grad.double())  # the cases do clip
+
+
+def test_cowclip_bfloat16_within_rounding_and_returns_bfloat16():
+    grad, weight, counts = _case(200, 10, 5, torch.bfloat16)
+    out = cowclip(grad, weight, counts, r=1.0, zeta=1e-3)
+    assert out.dtype == torch.bfloat16
+    expected = _reference(grad.double(), weight.double(), counts, 1.0, 1e-3)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=1e-6)
+
+
+def test_zero_gradient_rows_stay_zero_without_nan():
+    grad = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
+    weight = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    counts = torch.tensor([0, 1, 2, 0])
+    out = cowclip(grad, weight, counts, r=1.0, zeta=0.0)  # clip = 0 for rows 0, 1 and 3
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, torch.zeros_like(out))  # zero rows stay zero; clip 0 zeroes the others
+    out = cowclip(grad.half(), weight.half(), counts, r=1.0, zeta=1e-5)
+    assert torch.isfinite(out).all() and (out[[0, 2]] == 0).all()
+
+
+def test_cowclip_does_not_modify_its_inputs():
+    grad, weight, counts = _case(20, 4, 1)
+    before = grad.clone(), weight.clone()
+    cowclip(grad, weight, counts)
+    assert torch.equal(grad, before[0]) and torch.equal(weight, before[1])
+
+
+def test_official_threshold_equals_paper_with_zeta_sqrt_dim_when_r_is_1():
+    for dim in (1, 10, 16):
+        grad, weight, counts = _case(50, dim, dim, torch.float64)
+        zeta = 3e-3
+        official = cowclip(grad, weight, counts, r=1.0, zeta=zeta, threshold="official")
+        paper = cowclip(grad, weight, counts, r=1.0, zeta=zeta * math.sqrt(dim))
+        torch.testing.assert_close(official, paper, rtol=1e-12, atol=0)
+        if dim > 1:  # the lower bound differs, and the case has rows where it decides
+            assert not torch.equal(official, cowclip(grad, weight, counts, r=1.0, zeta=zeta))
+
+
+def test_official_threshold_formula_for_other_r():
+    """The code's clip_t = r · cnt · max(||w||, r · sqrt(dim) · zeta)."""
+    grad, weight, counts = _case(40, 10, 3, torch.float64)
+    r, zeta = 0.5, 3e-3
+    clip = r * counts.double() * torch.clamp_min(weight.norm(dim=1), r * math.sqrt(10) * zeta)
+    norm = grad.norm(dim=1)
+    expected = grad * torch.where(norm > clip, clip / norm.clamp_min(1e-300), 1.0).unsqueeze(1)
+    torch.testing.assert_close(cowclip(grad, weight, counts, r=r, zeta=zeta, threshold="official"), expected)
+
+
+# ------------------------------------------------------------------------------------------------------- counts
+
+
+def test_row_counts_occurrences_for_1d_ids_and_samples_for_2d():
+    assert row_counts(torch.tensor([1, 1, 2, 4, 1]), 6).tolist() == [0, 3, 1, 0, 1, 0]
+    ids = torch.tensor([[1, 1, 2], [1, 3, 3], [0, 4, 2]])  # sample 0 holds row 1 twice, sample 1 row 3 twice
+    assert row_counts(ids, 6).tolist() == [1, 2, 2, 1, 1, 0]
+    assert row_counts(ids.reshape(3, 3, 1), 6).tolist() == [1, 2, 2, 1, 1, 0]  # [B, F, L]: per sample too
+    assert row_counts(ids[:, :1], 6).tolist() == [1, 2, 0, 0, 0, 0]
+    assert row_counts(torch.tensor(3), 5).tolist() == [0, 0, 0, 1, 0]
+    assert row_counts(torch.zeros(0, 4, dtype=torch.long), 3).tolist() == [0, 0, 0]
+    assert row_counts(torch.tensor([[2, 0]], dtype=torch.int32), 3).tolist() == [1, 0, 1]
+
+
+def test_row_counts_with_field_offsets_match_a_per_sample_set_count():
+    gen = _gen(0)
+    sizes = [5, 9, 3, 20]
+    offsets = torch.tensor([0, 5, 14, 17])
+    ids = torch.stack([torch.randint(0, s, (64,), generator=gen) for s in sizes], dim=1) + offsets
+    expected = [sum(row in set(sample) for sample in ids.tolist()) for row in range(sum(sizes))]
+    assert row_counts(ids, sum(sizes)).tolist() == expected
+
+
+# ------------------------------------------------------------------------------------------- in place on .grad
+
+
+def _embedding_with_grad(rows, dim, ids, sparse, seed=0, scale=1.0):
+    torch.manual_seed(seed)
+    emb = nn.Embedding(rows, dim, sparse=sparse)
+    with torch.no_grad():
+        emb.weight.mul_(0.01)
+    upstream = torch.randn(*ids.shape, dim, generator=_gen(seed + 1)) * scale
+    (emb(ids) * upstream).sum().backward()
+    return emb
+
+
+@pytest.mark.parametrize("absent_rows", ["clip", "skip"])
+def test_dense_and_sparse_paths_clip_touched_rows_alike_and_match_cowclip(absent_rows):
+    gen = _gen(3)
+    ids = torch.randint(0, 30, (16, 4), generator=gen)
+    ids[0, 1] = ids[0, 0]  # one sample holding a row twice: counted once
+    dense = _embedding_with_grad(40, 5, ids, sparse=False, scale=0.01)
+    sparse = _embedding_with_grad(40, 5, ids, sparse=True, scale=0.01)
+    raw = dense.weight.grad.clone()
+    assert not sparse.weight.grad.is_coalesced()
+    a = clip_embedding_grad_(dense, ids, 1.0, 1e-3, absent_rows=absent_rows, return_rows=True)
+    b = clip_embedding_grad_(sparse, ids, 1.0, 1e-3, absent_rows=absent_rows, return_rows=True)
+    assert sparse.weight.grad.is_sparse and sparse.weight.grad.is_coalesced()
+    torch.testing.assert_close(sparse.weight.grad.to_dense(), dense.weight.grad)
+    expected = cowclip(raw, dense.weight, row_counts(ids, 40).clamp_min(1), 1.0, 1e-3)
+    torch.testing.assert_close(dense.weight.grad, expected)
+    assert 0 < a["rows_clipped"] < a["rows_touched"]  # the case clips some rows, not all
+    for key in ("rows_touched", "rows_clipped", "clip_fraction", "absent_rows_clipped"):
+        assert a[key] == b[key]
+    for key in ("rows", "counts", "clipped", "clipped_rows"):
+        assert torch.equal(a[key], b[key])
+
+
+def test_sparse_gradient_with_duplicate_indices_is_coalesced_then_clipped():
+    weight = nn.Parameter(torch.tensor([[0.1, 0.0], [0.0, 0.2], [1.0, 1.0]]))
+    indices = torch.tensor([[1, 0, 1, 1]])  # row 1 three times (summed to [3, 3]), row 0 once
+    values = torch.tensor([[1.0, 1.0], [0.05, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    weight.grad = torch.sparse_coo_tensor(indices, values, (3, 2), check_invariants=True)
+    stats = clip_embedding_grad_(weight, torch.tensor([1, 0, 1, 1]), r=1.0, zeta=0.0, return_rows=True)
+    grad = weight.grad.to_dense()
+    # row 1: cnt 3 (1-D ids count occurrences), clip = 3 · 0.2 = 0.6 < ||[3, 3]||; row 0: 0.05 <= 0.1, unclipped
+    torch.testing.assert_close(grad[1], torch.tensor([3.0, 3.0]) * 0.6 / math.sqrt(18))
+    torch.testing.assert_close(grad[0], torch.tensor([0.05, 0.0]))
+    assert grad[2].eq(0).all()
+    assert stats["rows_touched"] == 2 and stats["rows_clipped"] == 1 and stats["clipped_rows"].tolist() == [1]
+
+
+def test_absent_rows_clip_with_count_one_or_skip():
+    weight = torch.tensor([[1.0, 0.0], [0.5, 0.0], [0.0, 0.0], [0.1, 0.0]])
+    grad = torch.tensor([[2.0, 0.0], [0.0, 3.0], [0.0, 0.0], [0.0, 0.05]])  # rows 1 and 3 absent from the batch
+    ids = torch.tensor([[0], [0], [2]])  # row 0: cnt 2, clip 2 (g 2: unclipped); row 2: zero grad
+    clipped = nn.Parameter(weight.clone())
+    clipped.grad = grad.clone()
+    stats = clip_embedding_grad_(clipped, ids, r=1.0, zeta=0.0, absent_rows="clip")
+    assert clipped.grad[1].tolist() == [0.0, 0.5]  # cnt 1: clipped to ||w|| = 0.5
+    assert clipped.grad[3].tolist() == pytest.approx([0.0, 0.05])  # 0.05 <= 0.1: unclipped
+    assert clipped.grad[0].tolist() == [2.0, 0.0]
+    assert stats == {"rows_touched": 2, "rows_clipped": 0, "clip_fraction": 0.0, "absent_rows_clipped": 1}
+    skipped = nn.Parameter(weight.clone())
+    skipped.grad = grad.clone()
+    stats = clip_embedding_grad_(skipped, ids, r=1.0, zeta=0.0, absent_rows="skip")
+    assert torch.equal(skipped.grad, grad)
+    assert stats["absent_rows_clipped"] == 0
+
+
+def test_absent_rows_with_only_an_l2_gradient_never_clip_when_2_lambda_below_r():
+    weight = torch.randn(100, 10, generator=_gen(0)) * 1e-2
+    l2 = 1e-2
+    param = nn.Parameter(weight.clone())
+    param.grad = 2 * l2 * weight
+    stats = clip_embedding_grad_(param, torch.tensor([3, 4]), r=1.0, zeta=1e-5, absent_rows="clip")
+    assert stats["absent_rows_clipped"] == 0 and torch.equal(param.grad, 2 * l2 * weight)
+
+
+def test_statistics_on_a_hand_built_case():
+    weight = torch.tensor([[0.3, 0.4], [0.0, 0.0], [0.6, 0.8], [0.0, 1.0], [1.0, 0.0]])  # norms .5, 0, 1, 1, 1
+    grad = torch.tensor([[3.0, 4.0], [1e-4, 0.0], [0.5, 0.0], [0.0, 0.0], [9.0, 0.0]])
+    ids = torch.tensor([[0, 1], [0, 2], [0, 3]])  # cnt: row0 3, row1 1, row2 1, row3 1; row4 absent
+    param = nn.Parameter(weight)
+    param.grad = grad.clone()
+    stats = clip_embedding_grad_(param, ids, r=1.0, zeta=1e-3, return_rows=True)
+    # row 0: clip 3·0.5 = 1.5 < 5 -> clipped; row 1: clip 1e-3 >= 1e-4 -> not; row 2: 1 >= 0.5 -> not;
+    # row 3: zero grad -> not; row 4 (absent, cnt 1): 1 < 9 -> clipped as an absent row
+    assert stats["rows_touched"] == 4 and stats["rows_clipped"] == 1 and stats["absent_rows_clipped"] == 1
+    assert stats["clip_fraction"] == 0.25
+    assert stats["rows"].tolist() == [0, 1, 2, 3] and stats["counts"].tolist() == [3, 1, 1, 1]
+    assert stats["clipped"].tolist() == [True, False, False, False] and stats["clipped_rows"].tolist() == [0]
+    torch.testing.assert_close(param.grad[0], torch.tensor([0.9, 1.2]))
+    torch.testing.assert_close(param.grad[4], torch.tensor([1.0, 0.0]))
+    assert all(isinstance(stats[k], int) for k in ("rows_touched", "rows_clipped", "absent_rows_clipped"))
+    assert isinstance(stats["clip_fraction"], float)
+
+
+def test_clip_embedding_grad_half_precision_dense():
+    ids = torch.randint(0, 20, (8, 3), generator=_gen(2))
+    emb = _embedding_with_grad(20, 6, ids, sparse=False, scale=0.05)
+    half = nn.Parameter(emb.weight.detach().bfloat16())
+    half.grad = emb.weight.grad.bfloat16()
+    counts = row_counts(ids, 20).clamp_min(1)
+    expected = _reference(half.grad.double(), half.double(), counts, 1.0, 1e-3)  # from the bf16 values
+    stats = clip_embedding_grad_(half, ids, 1.0, 1e-3)
+    assert half.grad.dtype == torch.bfloat16 and stats["rows_clipped"] > 0
+    torch.testing.assert_close(half.grad.double(), expected, rtol=1e-2, atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------- the scaling rule
+
+
+CRITEO = [  # official README: batch (K), lr, l2
+    (1, 8e-4, 1e-5),
+    (2, 11.31e-4, 2e-5),
+    (4, 16e-4, 4e-5),
+    (8, 22.62e-4, 8e-5),
+    (16, 32e-4, 16e-5),
+    (32, 45.25e-4, 32e-5),
+    (64, 64e-4, 64e-5),
+    (128, 90.50e-4, 128e-5),
+]
+
+
+@pytest.mark.parametrize("k, lr, l2", CRITEO)
+def test_scaled_hparams_reproduce_the_official_criteo_table(k, lr, l2):
+    hp = scaled_hparams(1024 * k)
+    assert abs(hp["lr"] - lr) < 0.01e-4  # the table gives two decimals of 1e-4 (truncated: 22.627 -> 22.62)
+    assert hp["l2"] == pytest.approx(l2, rel=1e-12)
+    assert hp["embed_lr"] == 1e-4
+    assert set(hp) == {"lr", "embed_lr", "l2"}
+
+
+def test_scaled_hparams_other_bases():
+    hp = scaled_hparams(4096, base_batch_size=256, base_lr=1e-3, base_l2=0.0, embed_lr=1e-2)
+    assert hp == pytest.approx({"lr": 4e-3, "embed_lr": 1e-2, "l2": 0.0})
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda g, w, c: cowclip(g, w, c, r=0), r"Invalid r: 0"),
+        (lambda g, w, c: cowclip(g, w, c, r=-1.5), r"Invalid r: -1.5"),
+        (lambda g, w, c: cowclip(g, w, c, zeta=-1), r"Invalid zeta: -1"),
+        (lambda g, w, c: cowclip(g, w, c, zeta=float("nan")), r"Invalid zeta: nan"),
+        (lambda g, w, c: cowclip(g, w, c, threshold="code"), r"Invalid threshold: 'code'"),
+        (lambda g, w, c: cowclip(g, w[:3], c), r"Invalid weight: torch.Size\(\[3, 2\]\)"),
+        (lambda g, w, c: cowclip(g, w, c[:2]), r"Invalid counts: torch.Size\(\[2\]\)"),
+        (lambda g, w, c: cowclip(g[0], w[0], c), r"Invalid grad: torch.Size\(\[2\]\)"),
+        (lambda g, w, c: scaled_hparams(0), r"Invalid batch_size: 0"),
+        (lambda g, w, c: scaled_hparams(1024.0), r"Invalid batch_size: 1024.0"),
+        (lambda g, w, c: scaled_hparams(1024, base_batch_size=-1), r"Invalid base_batch_size: -1"),
+        (lambda g, w, c: scaled_hparams(1024, base_lr=0), r"Invalid base_lr: 0"),
+        (lambda g, w, c: scaled_hparams(1024, embed_lr=-1e-4), r"Invalid embed_lr: -0.0001"),
+        (lambda g, w, c: scaled_hparams(1024, base_l2=-1e-5), r"Invalid base_l2: -1e-05"),
+        (lambda g, w, c: row_counts(torch.tensor([0, 5]), 5), r"Invalid ids: 'values in \[0, 5\]'.*\[0, 4\]"),
+        (lambda g, w, c: row_counts(torch.tensor([-1, 2]), 5), r"Invalid ids: 'values in \[-1, 2\]'"),
+        (lambda g, w, c: row_counts(torch.tensor([0.0, 1.0]), 5), r"Invalid ids"),
+    ],
+)
+def test_validation_errors_name_argument_and_value(call, match):
+    grad, weight, counts = torch.ones(4, 2), torch.ones(4, 2), torch.ones(4)
+    with pytest.raises(ValueError, match=match):
+        call(grad, weight, counts)
+
+
+def test_clip_embedding_grad_validation():
+    emb = nn.Embedding(5, 2)
+    with pytest.raises(RuntimeError, match="no gradient"):
+        clip_embedding_grad_(emb, torch.tensor([0]))
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = emb.weight.grad.clone()
+    with pytest.raises(ValueError, match=r"Invalid ids: 'values in \[1, 7\]'"):
+        clip_embedding_grad_(emb, torch.tensor([1, 7]))
+    with pytest.raises(ValueError, match="Invalid r: 0"):
+        clip_embedding_grad_(emb, torch.tensor([1]), r=0)
+    with pytest.raises(ValueError, match="Invalid zeta: -1"):
+        clip_embedding_grad_(emb, torch.tensor([1]), zeta=-1)
+    with pytest.raises(ValueError, match="Invalid absent_rows: 'drop'"):
+        clip_embedding_grad_(emb, torch.tensor([1]), absent_rows="drop")
+    with pytest.raises(ValueError, match="Invalid embedding"):
+        clip_embedding_grad_(torch.ones(3), torch.tensor([1]))
+    assert torch.equal(emb.weight.grad, before)  # nothing changed by a rejected call
+
+
+# --------------------------------------------------------------------------------------------------- integration
+
+
+FIELDS = (7, 11, 5)  # per-field vocabulary sizes; global ids = field id + offset
+OFFSETS = torch.tensor([0, 7, 18])
+ROWS = sum(FIELDS)
+
+
+class TinyCTR(nn.Module):
+    """Field embeddings (dim 4) into a small MLP, plus 1-dim linear embeddings (wide part) and a bias."""
+
+    def __init__(self, sparse: bool = False, dim: int = 4):
+        super().__init__()
+        self.embedding = nn.Embedding(ROWS, dim, sparse=sparse)
+        self.linear = nn.Embedding(ROWS, 1, sparse=sparse)
+        self.mlp = nn.Sequential(nn.Linear(len(FIELDS) * dim, 16), nn.ReLU(), nn.Linear(16, 1))
+        with torch.no_grad():
+            self.embedding.weight.normal_(0, 1e-2)
+            self.linear.weight.zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.embedding(ids).flatten(1)).squeeze(1) + self.linear(ids).sum(dim=(1, 2))
+
+
+def _data(n: int, seed: int = 0):
+    gen = _gen(seed)
+    ids = torch.stack([torch.randint(0, s, (n,), generator=gen) for s in FIELDS], dim=1) + OFFSETS
+    effect = torch.randn(ROWS, generator=gen)
+    labels = (torch.rand(n, generator=gen) < torch.sigmoid(effect[ids].sum(1))).float()
+    return ids, labels
+
+
+def _model(sparse=False, seed=0):
+    torch.manual_seed(seed)
+    return TinyCTR(sparse=sparse)
+
+
+def _train(model, opt, ids, labels, steps, batch):
+    losses = []
+    for step in range(steps):
+        lo = (step * batch) % len(ids)
+        x, y = ids[lo : lo + batch], labels[lo : lo + batch]
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        loss.backward()
+        opt.step(x)
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def test_warmup_schedule_is_linear_from_about_zero_then_constant():
+    opt = CowClip(_model(), batch_size=4096, warmup_steps=4, lr=1e-2)
+    ramp = [WARMUP_START_LR + (1e-2 - WARMUP_START_LR) * s / 4 for s in range(4)]
+    assert [opt.lr_at(s) for s in range(6)] == pytest.approx([*ramp, 1e-2, 1e-2], rel=1e-12)
+    assert ramp == pytest.approx([0, 2.5e-3, 5e-3, 7.5e-3], abs=1e-8)
+    assert opt.lr_at(0) == WARMUP_START_LR == 1e-8
+    assert CowClip(_model(), batch_size=4096).lr_at(0) == pytest.approx(16e-4)  # no warmup: sqrt(4) · 8e-4
+    model = _model()
+    opt = CowClip(model, model.embedding, batch_size=1024, warmup_steps=3, lr=3e-3)
+    ids, labels = _data(64)
+    used = []
+    for _ in range(5):
+        assert opt.dense_lr == opt.lr_at(opt.steps)
+        F.binary_cross_entropy_with_logits(model(ids), labels).backward()
+        stats = opt.step(ids)
+        used.append(stats["lr"])
+        assert opt.dense_optimizer.param_groups[0]["lr"] == stats["lr"]
+        opt.zero_grad()
+    assert used == pytest.approx([1e-8, 1e-3, 2e-3, 3e-3, 3e-3], rel=1e-4)
+
+
+def test_learning_rates_land_on_the_right_parameters():
+    model = _model()
+    opt = CowClip(model, model.embedding, batch_size=8192, warmup_steps=0)
+    hp = scaled_hparams(8192)
+    assert opt.lr == hp["lr"] and opt.l2 == hp["l2"] and opt.embed_lr == 1e-4
+    embed = {id(p) for g in opt.embedding_optimizer.param_groups for p in g["params"]}
+    dense = {id(p) for g in opt.dense_optimizer.param_groups for p in g["params"]}
+    assert embed == {id(model.embedding.weight), id(model.linear.weight)}  # the linear embeddings too (not clipped)
+    assert dense == {id(p) for p in model.mlp.parameters()}
+    assert opt.embedding_optimizer.param_groups[0]["lr"] == 1e-4
+    assert opt.dense_optimizer.param_groups[0]["lr"] == pytest.approx(hp["lr"])
+    assert opt.embedding_optimizer.param_groups[0]["eps"] == 1e-7 and opt.sparse_embedding_optimizer is None
+    assert [t is model.embedding.weight for t in opt.tables] == [True]
+    # overrides: "sqrt scaling of all lrs" and "no scaling"
+    opt = CowClip(model, model.embedding, batch_size=8192, embed_lr=1e-4 * math.sqrt(8), lr=8e-4, l2=1e-5)
+    assert (opt.lr, opt.l2, opt.embed_lr) == (8e-4, 1e-5, pytest.approx(2.828427e-4))
+    # explicit embedding_params: only the field table gets embed_lr; the linear embeddings are dense params
+    opt = CowClip(model, model.embedding, batch_size=1024, embedding_params=[model.embedding])
+    assert [p for g in opt.embedding_optimizer.param_groups for p in g["params"]] == [model.embedding.weight]
+    assert any(p is model.linear.weight for p in opt.dense_params)
+
+
+def _grads_after_step(opt, model, ids, labels):
+    # a summed loss: with the batch mean and 1e-2 weights the clip would seldom bind on 32 samples
+    F.binary_cross_entropy_with_logits(model(ids), labels, reduction="sum").backward()
+    raw = {name: p.grad.clone() for name, p in model.named_parameters()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    stats = opt.step(ids)
+    return raw, before, {name: p.grad for name, p in model.named_parameters()}, stats
+
+
+def test_clip_false_leaves_gradients_untouched_apart_from_l2():
+    model = _model()
+    ids, labels = _data(32)
+    opt = CowClip(model, model.embedding, batch_size=1024, clip=False, l2=0.05)
+    raw, before, after, stats = _grads_after_step(opt, model, ids, labels)
+    for name in ("embedding.weight", "linear.weight"):  # L2 on every row of the dense tables: + 2·λ·W
+        torch.testing.assert_close(after[name], raw[name] + 2 * 0.05 * before[name])
+    for name in ("mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"):
+        assert torch.equal(after[name], raw[name])
+    assert "rows_clipped" not in stats and stats["step"] == 0
+
+
+def test_clip_true_applies_cowclip_to_the_l2_included_gradient_of_the_chosen_table_only():
+    model = _model()
+    ids, labels = _data(32)
+    opt = CowClip(model, model.embedding, batch_size=1024, l2=0.05, zeta=1e-4, threshold="official")
+    raw, before, after, stats = _grads_after_step(opt, model, ids, labels)
+    with_l2 = raw["embedding.weight"] + 0.1 * before["embedding.weight"]
+    counts = row_counts(ids, ROWS).clamp_min(1)
+    expected = cowclip(with_l2, before["embedding.weight"], counts, 1.0, 1e-4, threshold="official")
+    torch.testing.assert_close(after["embedding.weight"], expected)
+    assert not torch.allclose(expected, with_l2)  # the clip bound on some rows
+    torch.testing.assert_close(after["linear.weight"], raw["linear.weight"] + 0.1 * before["linear.weight"])
+    assert stats["rows_touched"] == int((row_counts(ids, ROWS) > 0).sum()) and stats["rows_clipped"] > 0
+    assert opt.last_stats is stats
+
+
+def test_a_few_steps_decrease_the_loss_dense_and_sparse():
+    ids, labels = _data(2048)
+    for sparse in (False, True):
+        model = _model(sparse)
+        opt = CowClip(model, model.embedding, batch_size=256, base_batch_size=256, base_lr=1e-2, embed_lr=5e-2)
+        losses = _train(model, opt, ids, labels, steps=40, batch=256)
+        assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.02, (sparse, losses)
+        if sparse:
+            assert model.embedding.weight.grad is None and opt.sparse_embedding_optimizer is not None
+            assert opt.embedding_optimizer is None
+
+
+def test_sparse_and_dense_embeddings_agree_on_touched_rows_after_one_step():
+    ids, labels = _data(5)  # 15 lookups into 23 rows: some rows untouched
+    results = []
+    for sparse in (False, True):
+        model = _model(sparse)
+        opt = CowClip(model, model.embedding, batch_size=1024, l2=0.05, zeta=1e-4, embed_lr=1e-2, return_rows=True)
+        F.binary_cross_entropy_with_logits(model(ids), labels, reduction="sum").backward()
+        stats = opt.step(ids)
+        results.append((model, stats))
+    (dense, a), (sparse, b) = results
+    touched = a["tables"][0]["rows"]
+    assert a["rows_clipped"] == b["rows_clipped"] > 0
+    assert torch.equal(a["tables"][0]["clipped_rows"], b["tables"][0]["clipped_rows"])
+    for name in ("embedding", "linear"):
+        w_dense, w_sparse = getattr(dense, name).weight, getattr(sparse, name).weight
+        torch.testing.assert_close(w_dense[touched], w_sparse[touched], rtol=1e-5, atol=1e-7)
+    untouched = torch.ones(ROWS, dtype=torch.bool)
+    untouched[touched] = False
+    initial = _model(True).embedding.weight
+    assert torch.equal(sparse.embedding.weight[untouched], initial[untouched])  # lazy: untouched rows stay
+    assert not torch.equal(dense.embedding.weight[untouched], initial[untouched])  # dense L2 moves every row
+
+
+def test_state_dict_round_trip_reproduces_subsequent_steps_exactly():
+    ids, labels = _data(512)
+    for sparse in (False, True):
+        model = _model(sparse)
+        opt = CowClip(model, model.embedding, batch_size=64, base_batch_size=64, warmup_steps=5, base_lr=1e-2)
+        _train(model, opt, ids, labels, steps=3, batch=64)
+        model_state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+        continued = _train(model, opt, ids[192:], labels[192:], steps=4, batch=64)
+
+        resumed_model = _model(sparse, seed=1)  # different init, overwritten by the state
+        resumed_model.load_state_dict(model_state)
+        resumed = CowClip(
+            resumed_model, resumed_model.embedding, batch_size=64, base_batch_size=64, warmup_steps=5, base_lr=1e-2
+        )
+        resumed.load_state_dict(opt_state)
+        assert resumed.steps == 3 and resumed.dense_lr == opt.lr_at(3)
+        again = _train(resumed_model, resumed, ids[192:], labels[192:], steps=4, batch=64)
+        assert again == continued
+        for p, q in zip(model.parameters(), resumed_model.parameters()):
+            assert torch.equal(p, q)
+
+
+def test_several_clipped_tables_take_a_list_of_ids():
+    model = _model()
+    ids, labels = _data(32)
+    opt = CowClip(model, [model.embedding, model.linear.weight], batch_size=1024, zeta=1e-4)
+    F.binary_cross_entropy_with_logits(model(ids), labels).backward()
+    stats = opt.step([ids, ids])
+    per_table = 2 * int((row_counts(ids, ROWS) > 0).sum())
+    assert stats["rows_touched"] == per_table
+    opt.zero_grad()
+    F.binary_cross_entropy_with_logits(model(ids), labels).backward()
+    with pytest.raises(ValueError, match="Invalid ids"):
+        opt.step(ids)  # one tensor for two tables
+    with pytest.raises(ValueError, match="Invalid ids: None"):
+        opt.step()
+
+
+def test_cowclip_class_validation():
+    model = _model()
+    cases = [
+        (dict(batch_size=0), "Invalid batch_size: 0"),
+        (dict(batch_size=1024, warmup_steps=-1), "Invalid warmup_steps: -1"),
+        (dict(batch_size=1024, r=0), "Invalid r: 0"),
+        (dict(batch_size=1024, zeta=-1), "Invalid zeta: -1"),
+        (dict(batch_size=1024, lr=0), "Invalid lr: 0"),
+        (dict(batch_size=1024, l2=-1), "Invalid l2: -1"),
+        (dict(batch_size=1024, embed_lr=0), "Invalid embed_lr: 0"),
+        (dict(batch_size=1024, eps=-1), "Invalid eps: -1"),
+        (dict(batch_size=1024, betas=(0.9, 1.0)), r"Invalid betas: \(0.9, 1.0\)"),
+        (dict(batch_size=1024, clip=1), "Invalid clip: 1"),
+        (dict(batch_size=1024, threshold="tf"), "Invalid threshold: 'tf'"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            CowClip(model, model.embedding, **kwargs)
+    with pytest.raises(ValueError, match="Invalid embeddings"):
+        CowClip(model, nn.Embedding(3, 2), batch_size=1024)  # not the model's table
+    with pytest.raises(ValueError, match="Invalid embedding_params"):
+        CowClip(model, model.embedding, batch_size=1024, embedding_params=[nn.Embedding(3, 2)])
