@@ -255,10 +255,13 @@ def predict(model, ids: torch.Tensor, dense: torch.Tensor | None, batch: int) ->
     return torch.cat(out)
 
 
-def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device: torch.device | str = "cpu", *,
+def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device: torch.device | str | None = None, *,
           keep_model: bool = False, progress=None) -> Run:  # fmt: skip
-    """Train one arm for one seed; returns the :class:`Run` (with ``.model`` attached when keep_model)."""
-    device = torch.device(device)
+    """Train one arm for one seed; returns the :class:`Run` (with ``.model`` attached when keep_model).
+
+    device: None picks CUDA when present (the paper profile), else the CPU; worker processes always use the CPU.
+    """
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     data = data if data is not None else load_data(cfg, arm.data)
     hp = hyperparameters(cfg, arm)
     batch = hp["batch_size"]
@@ -338,7 +341,7 @@ def _worker_init() -> None:
 
 
 def _run_job(cfg: Config, arm: Arm, seed: int) -> Run:
-    return train(cfg, arm, seed)
+    return train(cfg, arm, seed, device="cpu")
 
 
 def run_arms(cfg: Config, arms: Iterable[Arm], seeds: Iterable[int], *, desc: str = "runs", show_progress: bool = True,
