@@ -100,8 +100,10 @@ def test_worker_processes_give_the_same_numbers():
 
 def test_updates_per_epoch_follow_the_argument():
     data = chapter.load_data(TINY)
-    updates = chapter.updates_per_epoch(data, [32, 512], seed=0)
-    counts = np.concatenate(chapter.id_counts(data.train.ids, data.field_dims))
+    counts, updates = chapter.updates_per_epoch(data, [32, 512], seed=0)
+    np.testing.assert_array_equal(counts, np.concatenate(chapter.id_counts(data.train.ids, data.field_dims)))
+    sub_counts, sub_updates = chapter.updates_per_epoch(data, [32], seed=0, max_rows=1000)
+    assert sub_counts.sum() == 1000 * data.num_fields and np.all(sub_updates[32] <= sub_counts)
     frequent, rare = counts >= 500, (counts > 0) & (counts <= 2)
     # frequent IDs: about one update per step, so ~16x fewer at 16x the batch
     assert updates[32][frequent].mean() / updates[512][frequent].mean() > 8

@@ -408,25 +408,27 @@ def id_frequency(data: CTRData) -> dict:
     }
 
 
-def updates_per_epoch(data: CTRData, batch_sizes: Iterable[int], seed: int = 0) -> dict[int, np.ndarray]:
-    """For each batch size: how many steps of one shuffled epoch touch each ID (global row), [rows] int64.
+def updates_per_epoch(data: CTRData, batch_sizes: Iterable[int], seed: int = 0,
+                      max_rows: int = 2_000_000) -> tuple[np.ndarray, dict[int, np.ndarray]]:  # fmt: skip
+    """How many steps of one shuffled epoch touch each ID (global row), for each batch size.
 
+    Returns (occurrences [rows] int64: how many of the epoch's rows hold each ID, {batch size: updates [rows] int64}).
     A frequent ID is in nearly every batch, so its update count is ~ the number of steps and falls as 1/b; a rare ID
-    is in at most a few batches whatever b is, so its count barely moves.
+    is in at most a few batches whatever b is, so its count barely moves. Sets larger than ``max_rows`` (Criteo) are
+    represented by a random ``max_rows`` of their rows, which keeps the memory to a few hundred MB.
     """
     generator = np.random.default_rng(seed)
+    order = generator.permutation(len(data.train))[:max_rows]
     offsets = np.concatenate([[0], np.cumsum(data.field_dims)[:-1]])
-    rows = np.asarray(data.train.ids, dtype=np.int64) + offsets
+    rows = np.asarray(data.train.ids[order], dtype=np.int64) + offsets  # [m, F], in epoch order
     total = int(sum(data.field_dims))
-    out = {}
-    order = generator.permutation(len(rows))
+    updates = {}
     for b in batch_sizes:
         steps = len(rows) // b
         step_of_row = np.repeat(np.arange(steps), b)
-        chosen = rows[order[: steps * b]]  # [steps·b, F]
-        keys = np.unique(step_of_row[:, None] * total + chosen)  # distinct (step, row) pairs
-        out[int(b)] = np.bincount(keys % total, minlength=total)
-    return out
+        keys = np.unique(step_of_row[:, None] * total + rows[: steps * b])  # distinct (step, row) pairs
+        updates[int(b)] = np.bincount(keys % total, minlength=total)
+    return np.bincount(rows.reshape(-1), minlength=total), updates
 
 
 def table1_arms(cfg: Config, data: str = "signal", multipliers: Iterable[int] | None = None) -> list[Arm]:
