@@ -226,7 +226,7 @@ class SyntheticCTRSpec:
     """Everything that defines a synthetic CTR set; the same spec and seed give the same bytes on any machine.
 
     vocab_sizes: IDs per field (F = len). The default spans 50 .. 20,000 like Criteo's mix of small and huge fields,
-        scaled down: 43,850 IDs in all.
+        scaled down: 43,950 IDs in all.
     zipf_exponent: s in P(rank k) ∝ (k + 1)^-s. Real logs sit near 1.0-1.2.
     train_rows, test_rows: split sizes (the test set is drawn from the same distribution, separately).
     latent_dim, linear_scale, interaction_scale: the true FM model's size and the standard deviations of its
