@@ -176,3 +176,20 @@ def test_cache_dir_default_in_checkout(monkeypatch):
     if not ((repo / "pyproject.toml").is_file() and (repo / "data").is_dir()):
         pytest.skip("accel is not running from a source checkout")
     assert cache_dir() == repo / "data" / "cache"
+
+
+def test_atomic_folder_is_complete_or_absent(tmp_path):
+    from accel.datasets.cache import atomic_folder
+
+    target = tmp_path / "built"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_folder(target) as tmp:
+        (tmp / "a.bin").write_bytes(b"old")
+    with atomic_folder(target) as tmp:  # replaces a stale build
+        (tmp / "b.bin").write_bytes(b"new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.bin"]
+    assert [p.name for p in tmp_path.iterdir()] == ["built"]  # no hidden leftovers

@@ -19,15 +19,18 @@ import hashlib
 import http.client
 import os
 import re
+import shutil
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-__all__ = ["CACHE_ENV", "ChecksumError", "DownloadError", "cache_dir", "download", "sha256sum"]
+__all__ = ["CACHE_ENV", "ChecksumError", "DownloadError", "atomic_folder", "cache_dir", "download", "sha256sum"]
 
 CACHE_ENV = "ACCEL_DATA_DIR"
 _CHUNK = 1 << 20
@@ -53,6 +56,35 @@ def cache_dir() -> Path:
         path = repo / "data" / "cache" if in_checkout else Path.home() / ".cache" / "accel"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a folder of generated files atomically: yields a hidden temporary folder next to ``target`` to fill;
+    on success it is renamed to ``target``, on any error it is removed, so ``target`` is complete or absent.
+
+    An existing ``target`` (a stale or damaged build its caller decided to replace) is moved aside and removed
+    first. If another process renames its own complete build into place first, that one is kept and ours dropped.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".part-"))
+    try:
+        yield tmp
+        if target.exists():
+            stale = Path(tempfile.mkdtemp(dir=target.parent, prefix=".stale-"))
+            try:
+                os.rename(target, stale / "old")
+            except OSError:
+                pass  # another process moved or replaced it first
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():  # not a concurrent builder that got there first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256sum(path: str | os.PathLike[str]) -> str:

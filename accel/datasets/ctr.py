@@ -35,8 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,26 +352,10 @@ def _generate(spec: SyntheticCTRSpec) -> tuple[dict[str, np.ndarray], dict[str, 
 
 
 def _write_folder(target: Path, arrays: dict[str, np.ndarray], manifest: dict) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".part-"))
-    try:
+    with cache.atomic_folder(target) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if target.exists():  # a stale or damaged set (the caller checked): move it aside, then remove it
-            stale = Path(tempfile.mkdtemp(dir=target.parent, prefix=".stale-"))
-            try:
-                os.rename(target, stale / "old")
-            except OSError:
-                pass  # another process moved or replaced it first
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a concurrent builder that got there first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _ARRAYS = ("train_ids", "train_labels", "train_p", "test_ids", "test_labels", "test_p")

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import sysconfig
 import tempfile
 import time
@@ -207,21 +206,10 @@ def _read_split(folder: Path, split: str, manifest: dict) -> np.ndarray | None:
 
 
 def _write_atomic_folder(target: Path, files: dict[str, bytes]) -> None:
-    """Write files into a hidden temporary folder next to ``target``, then rename it to ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".part-"))
-    try:
+    """Write ``files`` (name -> bytes) as the folder ``target``, complete or not at all."""
+    with cache.atomic_folder(target) as tmp:
         for name, payload in files.items():
             (tmp / name).write_bytes(payload)
-        if target.exists():  # a stale or corrupt build of ours (checked by the caller): replace it
-            shutil.rmtree(target)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a concurrent builder that got there first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_stdlib_corpus(
