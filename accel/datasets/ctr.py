@@ -399,10 +399,3 @@ def make_synthetic_ctr(
 
     metadata = {"spec": asdict(spec), "fingerprint": spec.fingerprint(), **meta}
     return CTRData(name, split("train"), split("test"), list(meta["field_dims"]), 0, metadata)
-
-
-def rare_fraction_of_rows(data: CTRData) -> float:
-    """Share of (row, field) slots in the training split that hold a rare ID (synthetic data only)."""
-    firsts = data.metadata["rare_first_rank"]
-    ids = np.asarray(data.train.ids)
-    return float(np.mean([np.mean(ids[:, f] >= r) for f, r in enumerate(firsts)]))

@@ -196,6 +196,7 @@ def load_data(cfg: Config, variant: str = "signal") -> CTRData:
     return _cached_data(data_spec(cfg, variant))
 
 
+@lru_cache(maxsize=4)
 def frequency_bucket_of_rows(data: CTRData) -> torch.Tensor:
     """Bucket index [total rows] of every global embedding row: its ID's count in the training split, bucketed by
     FREQUENCY_BUCKETS (bucket 0 also holds IDs never seen in training)."""
@@ -226,7 +227,6 @@ class Run:
     clip_fraction: float | None  # rows clipped / rows touched, over all steps (None without the clip)
     bucket_touched: list[int] = field(default_factory=list)  # touched-row events per frequency bucket
     bucket_clipped: list[int] = field(default_factory=list)
-    embedding_norm: dict = field(default_factory=dict)  # mean row norm of the field embedding by frequency bucket
 
 
 def absent_rows(hp: dict) -> str:
@@ -282,6 +282,7 @@ def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device:
     clipped = torch.zeros_like(touched)
     generator = torch.Generator().manual_seed(seed + 1_000_003)  # the data order; the model used `seed`
     curve, start, step = [], time.perf_counter(), 0
+    scores, scored_at = None, -1  # the test logits and the step they were computed at
     while step < total_steps:
         order = torch.randperm(n, generator=generator).to(device)
         for i in range(min(steps_per_epoch, total_steps - step)):
@@ -302,16 +303,13 @@ def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device:
                 progress(step, total_steps)
         if not math.isfinite(loss.item()):
             break
-        scores = predict(model, test_ids, test_dense, cfg.eval_batch)
+        scores, scored_at = predict(model, test_ids, test_dense, cfg.eval_batch), step
         curve.append(auc(test_labels, scores) if torch.isfinite(scores).all() else float("nan"))
     seconds = time.perf_counter() - start
-    scores = predict(model, test_ids, test_dense, cfg.eval_batch)
+    if scored_at != step:  # stopped on a non-finite loss before evaluating
+        scores = predict(model, test_ids, test_dense, cfg.eval_batch)
     finite = bool(torch.isfinite(scores).all())
     probabilities = torch.sigmoid(scores)
-    norms = table.weight.detach().norm(dim=1)
-    embedding_norm = {
-        label: float(norms[buckets == i].mean()) for i, label in enumerate(bucket_labels()) if (buckets == i).any()
-    }
     run = Run(
         arm=arm.name, seed=seed, hparams=hp,
         auc=auc(test_labels, scores) if finite else float("nan"),
@@ -319,7 +317,7 @@ def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device:
         auc_per_epoch=curve, steps=step, steps_per_epoch=steps_per_epoch, epochs=step / steps_per_epoch,
         seconds=seconds,
         clip_fraction=float(clipped.sum() / touched.sum().clamp_min(1)) if hp["clip"] else None,
-        bucket_touched=touched.tolist(), bucket_clipped=clipped.tolist(), embedding_norm=embedding_norm,
+        bucket_touched=touched.tolist(), bucket_clipped=clipped.tolist(),
     )  # fmt: skip
     if keep_model:
         run.model = model
@@ -500,6 +498,3 @@ def run_record(run: Run) -> dict:
     record.pop("model", None)
     return record
 
-
-def default_workers() -> int:
-    return max(1, min(2, os.cpu_count() or 1))

@@ -433,29 +433,18 @@ class WideAndDeep(CTRModel):
         return self.head(self.mlp(self.deep_input(emb, dense))).squeeze(1)
 
 
-class DeepFM(CTRModel):
+class DeepFM(WideAndDeep):
     """DeepFM (Guo et al., 2017): logit = linear part + fm(e) + head(mlp(x)); the FM term and the MLP share the field
     embeddings e [B, F, d]; x = [flattened e; dense]. Dense features enter the linear part and the MLP, not the FM.
+    Wide & Deep plus the FM term: the same layers, so the same parameters in the same order.
 
     ``mlp_dims=()`` drops the deep part, leaving a factorisation machine."""
 
     name = "deepfm"
     title = "DeepFM"
 
-    def __init__(self, field_dims: Sequence[int], *, generator: torch.Generator | None = None, **kwargs: Any):
-        super().__init__(field_dims, generator=generator, **kwargs)
-        if self.mlp_dims:
-            self.mlp = _mlp(self.deep_input_dim, self.mlp_dims, self.dropout)
-            self.head = _linear(self.mlp_dims[-1], 1, bias=False)
-        else:
-            self.mlp = self.head = None
-        self._reset_dense_parameters(generator)
-
     def deep_logit(self, emb: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
-        logit = fm_interaction(emb)
-        if self.mlp is not None:
-            logit = logit + self.head(self.mlp(self.deep_input(emb, dense))).squeeze(1)
-        return logit
+        return fm_interaction(emb) + super().deep_logit(emb, dense)
 
 
 class _CrossAndDeep(CTRModel):
