@@ -112,6 +112,7 @@ class InfoBatch(Sampler[int]):
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.history: list[dict] = []  # one {"epoch", "used", "pruned"} per epoch drawn; "used" excludes padding
         self._scores = torch.ones(self.num_samples)  # [N] float32; moves to the losses' device on update
+        self._divisors: dict[tuple, torch.Tensor] = {}  # see _divisor
         self._epoch = -1
         self.set_epoch(0)
 
@@ -128,6 +129,8 @@ class InfoBatch(Sampler[int]):
         if epoch == self._epoch:
             return
         generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))  # CPU, private to this draw
+        # int32 permutations are the same permutations as int64 ones (same generator calls), drawn and read faster.
+        perm_dtype = torch.int32 if self.num_samples < 2**31 else torch.int64
         weights = torch.ones(self.num_samples)
         if epoch >= self.delta * self.num_epochs or self.prune_ratio == 0:  # annealing: full data, weight 1
             kept = torch.arange(self.num_samples)
@@ -136,10 +139,12 @@ class InfoBatch(Sampler[int]):
             below = (scores < scores.mean()).cpu()  # [N] bool; the one host sync of the draw
             well_learned = below.nonzero().squeeze(1)  # D1
             num_keep = int((1 - self.prune_ratio) * len(well_learned))
-            kept_below = well_learned[torch.randperm(len(well_learned), generator=generator)[:num_keep]]
+            draw = torch.randperm(len(well_learned), generator=generator, dtype=perm_dtype)
+            kept_below = well_learned.index_select(0, draw[:num_keep])
             weights.index_fill_(0, kept_below, 1 / (1 - self.prune_ratio))
             kept = torch.cat([(~below).nonzero().squeeze(1), kept_below])
-        order = kept[torch.randperm(len(kept), generator=generator)]
+        # index_select, not kept[perm]: the same gather, twice as fast for millions of int64 indices.
+        order = kept.index_select(0, torch.randperm(len(kept), generator=generator, dtype=perm_dtype))
         self._install(epoch, order, weights)
         record = {"epoch": epoch, "used": len(order), "pruned": self.num_samples - len(order)}
         self.history = sorted([h for h in self.history if h["epoch"] != epoch] + [record], key=lambda h: h["epoch"])
@@ -147,7 +152,7 @@ class InfoBatch(Sampler[int]):
     def _install(self, epoch: int, order: torch.Tensor, weights: torch.Tensor) -> None:
         """Make `order` ([L] int64, the global list) and `weights` ([N] float32) current; split off this rank's part."""
         total = math.ceil(len(order) / self.num_replicas) * self.num_replicas
-        padded = order.repeat(math.ceil(total / len(order)))[:total]  # repeat from the start up to a multiple
+        padded = order if total == len(order) else order.repeat(math.ceil(total / len(order)))[:total]  # pad: repeat
         self._epoch, self._order, self._local = epoch, order, padded[self.rank :: self.num_replicas]
         self._weights = weights.float()
         # The lookup table update() reads: [N + 1] float32, a sample's loss weight if it is in this rank's list, else
@@ -196,7 +201,9 @@ class InfoBatch(Sampler[int]):
         if self._scores.device != losses.device:
             self._scores, self._lookup = self._scores.to(losses.device), self._lookup.to(losses.device)
         weight = self._gather(index)
-        weighted_sum = torch.dot(losses, weight if weight.dtype == losses.dtype else weight.to(losses.dtype))
+        if weight.dtype != losses.dtype:
+            weight = weight.to(losses.dtype)
+        weighted_sum = torch.dot(losses, weight)
         # Not finite means a non-member index (NaN weight) or a non-finite loss (weights are positive): one host sync.
         if not math.isfinite(weighted_sum.item()):
             self._explain(index, losses)
@@ -206,11 +213,23 @@ class InfoBatch(Sampler[int]):
         if new_losses.dtype != self._scores.dtype:
             new_losses = new_losses.to(self._scores.dtype)
         self._scores.index_copy_(0, new_index, new_losses)
-        return weighted_sum / size
+        return weighted_sum / self._divisor(size, weighted_sum)
+
+    def _divisor(self, size: int, like: torch.Tensor) -> torch.Tensor | int:
+        """`size` as a cached 0-d tensor of like's dtype and device: dividing by it gives the same bits as dividing by
+        the int, in half the time of wrapping the int afresh on every call (~2 of update's ~20 microseconds on CPU).
+        Half and bfloat16 keep the int: a batch size above 2048 is not exact in half precision."""
+        if like.dtype not in (torch.float32, torch.float64):
+            return size
+        key = (size, like.dtype, like.device)
+        divisor = self._divisors.get(key)
+        if divisor is None:
+            divisor = self._divisors[key] = torch.tensor(float(size), dtype=like.dtype, device=like.device)
+        return divisor
 
     def _gather(self, index: torch.Tensor) -> torch.Tensor:
         """[B] float32: the loss weight of each index, NaN where it is not in this rank's list (see _install)."""
-        if index.device.type == "cpu":  # index_select raises on any index outside [0, N + 1): no clamp needed
+        if index.is_cpu:  # index_select raises on any index outside [0, N + 1): no clamp needed
             try:
                 return self._lookup.index_select(0, index)
             except IndexError:

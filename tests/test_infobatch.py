@@ -14,7 +14,7 @@ import torch
 from _gloo import run_two_ranks  # tests/_gloo.py: the two-rank launcher
 from torch.utils.data import DataLoader, TensorDataset
 
-from accel.infobatch import InfoBatch, WithIndex
+from accel.infobatch import InfoBatch, WithIndex, _epoch_seed
 
 HERE = Path(__file__).resolve().parent
 
@@ -168,6 +168,34 @@ def test_update_stores_detached_scores_and_returns_the_weighted_mean():
     loss.backward()
     grad = torch.zeros(10).index_add_(0, order, weights * 2 * theta.detach()[order] / len(order))
     assert torch.allclose(theta.grad, grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_weighted_mean_is_bitwise_the_dot_divided_by_the_batch_size(dtype):
+    # update() divides by a cached tensor of the batch size (see _divisor); that must give the same bits as dividing
+    # by the int, for every batch size a loader yields (the last batch is shorter) and every float dtype.
+    sampler = _trained(_skewed(6000), num_epochs=4)
+    sampler.set_epoch(1)
+    order = torch.tensor(list(sampler))
+    generator = torch.Generator().manual_seed(0)
+    for start, size in ((0, 128), (128, 96), (224, 2049), (2273, 128)):
+        index = order[start:start + size]
+        losses = (torch.rand(len(index), generator=generator) * 5).to(dtype)
+        expected = torch.dot(losses, sampler.weights(index).to(dtype)) / len(index)
+        assert torch.equal(sampler.update(index, losses), expected)
+
+
+def test_draw_is_the_int64_randperm_draw():
+    # set_epoch draws int32 permutations for speed; the list must be exactly the one int64 permutations give.
+    scores = _skewed(5000)
+    sampler = _trained(scores, num_epochs=4, prune_ratio=0.3, seed=7)
+    sampler.set_epoch(2)
+    generator = torch.Generator().manual_seed(_epoch_seed(7, 2))
+    below = scores.double() < scores.double().mean()
+    well_learned = below.nonzero().squeeze(1)
+    kept_below = well_learned[torch.randperm(len(well_learned), generator=generator)[: int(0.7 * len(well_learned))]]
+    kept = torch.cat([(~below).nonzero().squeeze(1), kept_below])
+    assert list(sampler) == kept[torch.randperm(len(kept), generator=generator)].tolist()
 
 
 def test_scores_keep_float32_for_half_precision_losses():
