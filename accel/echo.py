@@ -196,17 +196,88 @@ def _unchanged(batch):
     return batch
 
 
+# Worker-to-trainer handoff. DataLoader workers hand tensors over in shared memory: the trainer fetches a file
+# descriptor per tensor from a helper thread in the worker, and that thread has to win the worker's GIL first, which
+# a worker busy decoding in Python holds in 5 ms slices. For small batches this costs the training loop 2-5 ms per
+# batch (measured on chapter 02's pipeline), about what the step itself takes, and it is exactly the per-batch
+# overhead that echoing is meant to hide. Batches of at most BY_VALUE_BYTES of tensor data therefore travel by value:
+# the worker wraps each CPU tensor's numpy view in _ByValue (pickled as bytes through the worker's pipe, in one
+# write) and the trainer turns it back into a tensor (no copy). Larger batches keep the shared-memory handoff, which
+# wins once a batch no longer fits the pipe's buffer. Nothing is wrapped without workers or with pin_memory.
+BY_VALUE_BYTES = 256 * 1024
+_NUMPY_DTYPES = {torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64,
+                 torch.uint8, torch.bool, torch.complex64, torch.complex128}
+
+
+class _ByValue:
+    """A CPU tensor in transit from a worker, as a numpy array (pickled by value)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __getstate__(self):
+        return self.array
+
+    def __setstate__(self, array):
+        self.array = array
+
+
+def _map_tensors(batch, fn: Callable):
+    """batch with fn applied to every tensor or _ByValue in it (through tuples, namedtuples, lists and dicts)."""
+    if isinstance(batch, (torch.Tensor, _ByValue)):
+        return fn(batch)
+    if isinstance(batch, tuple):
+        items = [_map_tensors(item, fn) for item in batch]
+        return type(batch)._make(items) if hasattr(batch, "_fields") else tuple(items)
+    if isinstance(batch, list):
+        return [_map_tensors(item, fn) for item in batch]
+    if isinstance(batch, dict):
+        return {key: _map_tensors(value, fn) for key, value in batch.items()}
+    return batch
+
+
+def _by_value(batch):
+    """In a worker: wrap the CPU tensors of a batch of at most BY_VALUE_BYTES of tensor data for the trip by value."""
+    total = 0
+
+    def size(tensor):
+        nonlocal total
+        total += tensor.nbytes if isinstance(tensor, torch.Tensor) else 0
+        return tensor
+
+    _map_tensors(batch, size)
+    if total > BY_VALUE_BYTES:
+        return batch
+
+    def wrap(tensor):
+        plain = type(tensor) is torch.Tensor and tensor.device.type == "cpu" and not tensor.requires_grad
+        return _ByValue(tensor.numpy()) if plain and tensor.dtype in _NUMPY_DTYPES else tensor
+
+    return _map_tensors(batch, wrap)
+
+
+def _from_value(batch):
+    """In the trainer: the tensors back from _ByValue wrappers (torch.from_numpy: no copy)."""
+    return _map_tensors(batch, lambda item: torch.from_numpy(item.array) if isinstance(item, _ByValue) else item)
+
+
+
 class _CountingCollate:
     """Collate a list of (is_fresh, sample) pairs into (fresh count, example count, collated batch).
 
     A class rather than a closure so that it pickles into worker processes under any start method.
     """
 
-    def __init__(self, collate_fn: Callable):
-        self.collate_fn = collate_fn
+    def __init__(self, collate_fn: Callable, by_value: bool):
+        self.collate_fn, self.by_value = collate_fn, by_value
 
     def __call__(self, pairs: list) -> tuple[int, int, object]:
-        return sum(fresh for fresh, _ in pairs), len(pairs), self.collate_fn([sample for _, sample in pairs])
+        batch = self.collate_fn([sample for _, sample in pairs])
+        if self.by_value and get_worker_info() is not None:
+            batch = _by_value(batch)
+        return sum(fresh for fresh, _ in pairs), len(pairs), batch
 
 
 class _EchoStream(IterableDataset):
@@ -215,10 +286,11 @@ class _EchoStream(IterableDataset):
     Yields (is_fresh, sample) for the example points and (fresh count, example count, batch) for "batch".
     """
 
-    def __init__(self, dataset, factor, point, augment, shuffle_buffer, batch_size, drop_last, collate_fn, seed):
+    def __init__(self, dataset, factor, point, augment, shuffle_buffer, batch_size, drop_last, collate_fn, seed,
+                 by_value=False):
         self.dataset, self.factor, self.point, self.augment = dataset, factor, point, augment
         self.shuffle_buffer, self.batch_size, self.drop_last = shuffle_buffer, batch_size, drop_last
-        self.collate_fn, self.seed = collate_fn, seed
+        self.collate_fn, self.seed, self.by_value = collate_fn, seed, by_value
         self.epoch = 0  # set by EchoingLoader.set_epoch; workers get a fresh copy of this object every epoch
 
     def __iter__(self) -> Iterator:
@@ -239,6 +311,9 @@ class _EchoStream(IterableDataset):
         else:  # "batch": collate here, echo whole batches
             batches = _repeats(self._collated(augment(sample) for sample in raw), self.factor, rng)
             tagged = ((size if copy == 0 else 0, size, batch) for copy, (size, batch) in batches)
+            if self.by_value and info is not None:
+                shuffled = _shuffled(tagged, self.shuffle_buffer, rng)
+                return ((fresh, size, _by_value(batch)) for fresh, size, batch in shuffled)
         return _shuffled(tagged, self.shuffle_buffer, rng)
 
     def _collated(self, samples: Iterator) -> Iterator[tuple[int, object]]:
@@ -281,10 +356,11 @@ class EchoingLoader:
         # The DataLoader draws its workers' base seed from this generator (from the global torch RNG without one):
         # reseeding it per epoch keeps the global RNG untouched and worker seeds a function of (seed, epoch).
         self._generator.manual_seed(_torch_seed(_seed_sequence(self.stream.seed, self.stream.epoch, 1)))
+        by_value = self.stream.by_value
         for fresh, examples, batch in self.loader:
             self.fresh_examples += int(fresh)
             self.examples += int(examples)
-            yield batch
+            yield _from_value(batch) if by_value else batch
 
     def __len__(self) -> int:
         """Batches per epoch, exact for an integer factor; a fractional factor makes it random: TypeError (no len)."""
@@ -349,12 +425,15 @@ def echoing_loader(
     prefetch_factor = _check_int("prefetch_factor", prefetch_factor, 1)
     collate_fn = collate_fn or default_collate
 
-    stream = _EchoStream(dataset, factor, point, augment, shuffle_buffer, batch_size, bool(drop_last), collate_fn, seed)
+    by_value = num_workers > 0 and not pin_memory  # see BY_VALUE_BYTES
+    stream = _EchoStream(dataset, factor, point, augment, shuffle_buffer, batch_size, bool(drop_last), collate_fn, seed,
+                         by_value)
     generator = torch.Generator()
     if point == "batch":  # the workers yield finished batches
         batching = dict(batch_size=None, collate_fn=_unchanged)
     else:
-        batching = dict(batch_size=batch_size, drop_last=bool(drop_last), collate_fn=_CountingCollate(collate_fn))
+        collate = _CountingCollate(collate_fn, by_value)
+        batching = dict(batch_size=batch_size, drop_last=bool(drop_last), collate_fn=collate)
     loader = DataLoader(
         stream,
         num_workers=num_workers,

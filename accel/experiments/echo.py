@@ -9,6 +9,7 @@ SGD with Nesterov momentum at one fixed learning rate. The paper re-tuned every 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -356,27 +357,30 @@ def calibrate_work(cfg: Config, data: Data, t_target: float, seed: int = 0) -> i
 def measured_steps_per_second(cfg: Config, dataset, model, optimizer, factor: float, steps: int, seed: int,
                               device: torch.device, augment_many: Callable = augment_batch) -> float:
     """Steps/s with the input side in one worker and each fresh batch echoed on the device (echo_batches), every
-    copy augmented afresh in the training process."""
+    copy augmented afresh in the training process. Steady state only: the steps of the first two fresh batches (the
+    worker's start and its prefetched batches) are not timed, and the timed window spans at least 12 fresh batches,
+    so that a batch prefetched before the clock starts cannot inflate a short window."""
     loader = echoing_loader(dataset, batch_size=cfg.batch_size, factor=1, point="batch", num_workers=1, seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    source = iter(loader)
-    first = next(source)  # worker start-up is not part of the steady state
-
-    def batches():
-        yield first
-        yield from source
-
-    count, start = 0, time.perf_counter()
-    for x, y in echo_batches(batches(), factor, seed=seed):
+    warm_up, timed_steps = 2 * math.ceil(factor), max(steps, math.ceil(12 * factor))
+    count, start = 0, None
+    for x, y in echo_batches(loader, factor, seed=seed):
         _step(model, optimizer, augment_many(x, generator).to(device), y.to(device))
         count += 1
-        if count == steps:
+        if count == warm_up:
+            start = time.perf_counter()
+        if count == warm_up + timed_steps:
             break
-    return count / (time.perf_counter() - start)
+    return timed_steps / (time.perf_counter() - start)
 
 
 def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show_progress: bool = True) -> list[dict]:
-    """Steps/s measured against e / max(t_up, e·t_down), each run paired with its own t_up and t_down."""
+    """Steps/s measured against e / max(t_up, e·t_down), for each target R and echo factor e.
+
+    t_up and t_down do not depend on e, so for each target R they are probed before every measured run (all e, all
+    repeats) and the law uses the medians of those probes: a single short probe on a shared machine drifts by 20-30%,
+    which would otherwise show up as scatter in measured / modelled. The measured steps/s is the median of
+    cfg.law_repeats runs of cfg.law_steps steps."""
     from tqdm.auto import tqdm
 
     rows = []
@@ -387,20 +391,24 @@ def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show
         for ratio in cfg.law_ratios:
             work = calibrate_work(cfg, data, ratio * t_down_probe, seed)
             dataset = data.train.with_work(work)
+            up_probes, down_probes, measured = [], [], {}
             for e in cfg.law_factors:
-                triples = []
+                measured[e] = []
                 for repeat in range(cfg.law_repeats):
-                    t_up = upstream_seconds(dataset, cfg, 12, seed + repeat)
-                    t_down = downstream_seconds(cfg, model, optimizer, data, 30, device)
-                    measured = measured_steps_per_second(cfg, dataset, model, optimizer, e, cfg.law_steps,
-                                                         seed + repeat, device, data.augment_many)
-                    triples.append((measured / overlap_steps_per_second(t_up, t_down, e), t_up, t_down, measured))
-                ratio_to_law, t_up, t_down, measured = sorted(triples)[len(triples) // 2]
+                    up_probes.append(upstream_seconds(dataset, cfg, 12, seed + repeat))
+                    down_probes.append(downstream_seconds(cfg, model, optimizer, data, 30, device))
+                    measured[e].append(measured_steps_per_second(cfg, dataset, model, optimizer, e, cfg.law_steps,
+                                                                 seed + repeat, device, data.augment_many))
+                bar.update()
+            t_up, t_down = float(np.median(up_probes)), float(np.median(down_probes))
+            for e in cfg.law_factors:
+                modelled = overlap_steps_per_second(t_up, t_down, e)
+                steps_per_second = float(np.median(measured[e]))
                 rows.append({"target R": ratio, "work": work, "R": t_up / t_down, "echo factor": e,
                              "t_up (ms)": 1e3 * t_up, "t_down (ms)": 1e3 * t_down,
-                             "modelled steps/s": overlap_steps_per_second(t_up, t_down, e),
-                             "measured steps/s": measured, "measured / modelled": ratio_to_law})
-                bar.update()
+                             "modelled steps/s": modelled, "measured steps/s": steps_per_second,
+                             "measured / modelled": steps_per_second / modelled,
+                             "measured runs": measured[e]})
         bar.close()
     return rows
 
