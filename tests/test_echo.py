@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import pickle
 import random
 from collections import Counter
 
@@ -324,4 +325,29 @@ def test_one_worker_matches_in_process():
             Indexed(9), batch_size=2, factor=1.5, point="before_augment", augment=add_noise, num_workers=workers
         )
 
+    assert batches_as_lists(make(1)) == batches_as_lists(make(0))
+
+
+def test_small_batches_travel_by_value_and_come_back_as_the_same_tensors():
+    from accel.echo import BY_VALUE_BYTES, _by_value, _ByValue, _from_value
+
+    small = (torch.arange(6.0).reshape(2, 3), torch.tensor([1, 2]), torch.tensor([0.5], dtype=torch.bfloat16))
+    packed = _by_value(small)
+    assert isinstance(packed[0], _ByValue) and isinstance(packed[1], _ByValue)
+    assert isinstance(packed[2], torch.Tensor)  # numpy has no bfloat16: left as a tensor
+    back = _from_value(pickle.loads(pickle.dumps(packed)))
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(back, small))
+    large = {"x": torch.zeros(BY_VALUE_BYTES // 4 + 1)}  # one element over the limit: shared memory as before
+    assert isinstance(_by_value(large)["x"], torch.Tensor)
+
+
+@pytest.mark.parametrize("point", ["before_augment", "batch"])
+@pytest.mark.parametrize("pin_memory", [False, True])
+def test_workers_hand_back_tensors_equal_to_the_in_process_ones(point, pin_memory):
+    def make(workers):
+        return echoing_loader(Indexed(9), batch_size=2, factor=2, point=point, num_workers=workers,
+                              pin_memory=pin_memory and workers > 0)
+
+    for batch in make(1):
+        assert all(isinstance(part, torch.Tensor) for part in batch)
     assert batches_as_lists(make(1)) == batches_as_lists(make(0))
