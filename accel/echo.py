@@ -239,29 +239,23 @@ def _map_tensors(batch, fn: Callable):
 
 
 def _by_value(batch):
-    """In a worker: wrap the CPU tensors of a batch of at most BY_VALUE_BYTES of tensor data for the trip by value."""
+    """In a worker: wrap the CPU tensors of a batch of at most BY_VALUE_BYTES of tensor data for the trip by value
+    (wrapping is a numpy view, no copy, so a batch found too large afterwards costs nothing to send as it was)."""
     total = 0
 
-    def size(tensor):
+    def wrap(tensor: torch.Tensor):
         nonlocal total
-        total += tensor.nbytes if isinstance(tensor, torch.Tensor) else 0
-        return tensor
-
-    _map_tensors(batch, size)
-    if total > BY_VALUE_BYTES:
-        return batch
-
-    def wrap(tensor):
+        total += tensor.nbytes
         plain = type(tensor) is torch.Tensor and tensor.device.type == "cpu" and not tensor.requires_grad
         return _ByValue(tensor.numpy()) if plain and tensor.dtype in _NUMPY_DTYPES else tensor
 
-    return _map_tensors(batch, wrap)
+    wrapped = _map_tensors(batch, wrap)
+    return batch if total > BY_VALUE_BYTES else wrapped
 
 
 def _from_value(batch):
     """In the trainer: the tensors back from _ByValue wrappers (torch.from_numpy: no copy)."""
     return _map_tensors(batch, lambda item: torch.from_numpy(item.array) if isinstance(item, _ByValue) else item)
-
 
 
 class _CountingCollate:
@@ -274,10 +268,8 @@ class _CountingCollate:
         self.collate_fn, self.by_value = collate_fn, by_value
 
     def __call__(self, pairs: list) -> tuple[int, int, object]:
-        batch = self.collate_fn([sample for _, sample in pairs])
-        if self.by_value and get_worker_info() is not None:
-            batch = _by_value(batch)
-        return sum(fresh for fresh, _ in pairs), len(pairs), batch
+        batch = self.collate_fn([sample for _, sample in pairs])  # by_value implies this runs in a worker
+        return sum(fresh for fresh, _ in pairs), len(pairs), _by_value(batch) if self.by_value else batch
 
 
 class _EchoStream(IterableDataset):
@@ -309,11 +301,11 @@ class _EchoStream(IterableDataset):
             augmented = (augment(sample) for sample in raw)
             tagged = ((copy == 0, sample) for copy, sample in _repeats(augmented, self.factor, rng))
         else:  # "batch": collate here, echo whole batches
-            batches = _repeats(self._collated(augment(sample) for sample in raw), self.factor, rng)
+            collated = self._collated(augment(sample) for sample in raw)
+            if self.by_value:  # wrapped once per fresh batch; by_value implies this runs in a worker
+                collated = ((size, _by_value(batch)) for size, batch in collated)
+            batches = _repeats(collated, self.factor, rng)
             tagged = ((size if copy == 0 else 0, size, batch) for copy, (size, batch) in batches)
-            if self.by_value and info is not None:
-                shuffled = _shuffled(tagged, self.shuffle_buffer, rng)
-                return ((fresh, size, _by_value(batch)) for fresh, size, batch in shuffled)
         return _shuffled(tagged, self.shuffle_buffer, rng)
 
     def _collated(self, samples: Iterator) -> Iterator[tuple[int, object]]:
@@ -425,7 +417,7 @@ def echoing_loader(
     prefetch_factor = _check_int("prefetch_factor", prefetch_factor, 1)
     collate_fn = collate_fn or default_collate
 
-    by_value = num_workers > 0 and not pin_memory  # see BY_VALUE_BYTES
+    by_value = num_workers > 0 and not pin_memory  # see BY_VALUE_BYTES; the stream and collate run in workers then
     stream = _EchoStream(dataset, factor, point, augment, shuffle_buffer, batch_size, bool(drop_last), collate_fn, seed,
                          by_value)
     generator = torch.Generator()

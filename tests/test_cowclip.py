@@ -21,14 +21,7 @@ from accel.cowclip import (
     scaled_hparams,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors throughout: one thread is faster, and unaffected by other work on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -29,14 +29,7 @@ TINY = dict(embed_dim=4, mlp_dims=(16, 8))
 NAMES = sorted(CTR_MODELS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster, and immune to a busy machine's oversubscription (two threads on
-    two shared cores made the fit test 50x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _gen(seed: int = 0) -> torch.Generator:
