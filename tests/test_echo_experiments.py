@@ -1,6 +1,7 @@
 """Chapter 02's experiment code: the slow-decode dataset, batched augmentation, the in-process echo stream."""
 
 import itertools
+import time
 
 import pytest
 import torch
@@ -98,3 +99,24 @@ def test_paper_profile_path_runs_on_the_cifar_fixture(tmp_path, monkeypatch):
     for run in (stream, loader):
         assert run.curve and run.curve[-1][1] >= cfg.max_fresh and all(0 <= a <= 100 for *_, a in run.curve)
     assert chapter.downstream_seconds(cfg, model, optimizer, data, 1, device) > 0
+
+
+@pytest.mark.parametrize("factor", [1, 3])
+def test_measured_run_reports_the_costs_of_its_own_window(factor):
+    """The law's inputs come from the timed window itself: t_up from the worker's CPU stamps (one per fresh batch),
+    t_down from timing the step, and the realised echo factor from counting fresh batches in the window."""
+    data, _, _ = small_data(n=512)
+    cfg = chapter.config("smoke", batch_size=8)
+    model, optimizer = chapter.make_model(cfg, 0, torch.device("cpu"))
+    run = chapter.measured_run(cfg, data.train.with_work(5), model, optimizer, factor, 12, 0, torch.device("cpu"))
+    assert set(run) == {"steps/s", "t_up", "t_down", "echo factor"}
+    assert run["echo factor"] == factor  # an integer factor: every fresh batch in the window is used exactly e times
+    assert run["steps/s"] > 0 and run["t_up"] > 0 and run["t_down"] > 0
+    # the window's steps cannot outrun the trainer's own step time
+    assert run["steps/s"] <= 1 / run["t_down"]
+
+
+def test_stamped_collate_adds_the_process_cpu_time():
+    x, y, stamp = chapter._StampedCollate()([(torch.zeros(2), torch.tensor(1)), (torch.ones(2), torch.tensor(0))])
+    assert x.shape == (2, 2) and y.tolist() == [1, 0]
+    assert stamp.dtype == torch.float64 and stamp.ndim == 0 and 0 < float(stamp) <= time.process_time()

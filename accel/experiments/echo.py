@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import default_collate
 
 from accel.datasets.cifar import random_crop_flip
 from accel.datasets.slow import SlowDecoded, augment_signal
@@ -354,33 +355,67 @@ def calibrate_work(cfg: Config, data: Data, t_target: float, seed: int = 0) -> i
     return work
 
 
-def measured_steps_per_second(cfg: Config, dataset, model, optimizer, factor: float, steps: int, seed: int,
-                              device: torch.device, augment_many: Callable = augment_batch) -> float:
-    """Steps/s with the input side in one worker and each fresh batch echoed on the device (echo_batches), every
-    copy augmented afresh in the training process. Steady state only: the steps of the first two fresh batches (the
-    worker's start and its prefetched batches) are not timed, and the timed window spans at least 12 fresh batches,
-    so that a batch prefetched before the clock starts cannot inflate a short window."""
-    loader = echoing_loader(dataset, batch_size=cfg.batch_size, factor=1, point="batch", num_workers=1, seed=seed)
+class _StampedCollate:
+    """default_collate, plus the calling process's CPU seconds so far: (x, y) -> (x, y, seconds float64 []).
+
+    Runs in the DataLoader worker, so consecutive fresh batches' stamps differ by the worker's whole cost of one batch
+    (reading, decoding, collating, sending): a worker waiting for the trainer sleeps and spends no CPU. A class so that
+    it pickles into workers under any start method."""
+
+    def __call__(self, samples: list) -> tuple:
+        return (*default_collate(samples), torch.tensor(time.process_time(), dtype=torch.float64))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: int, seed: int, device: torch.device,
+                 augment_many: Callable = augment_batch) -> dict:
+    """One timed run of the pipeline: the input side in one worker, each fresh batch echoed on the device
+    (echo_batches), every copy augmented afresh in the training process.
+
+    Steady state only: the steps of the first two fresh batches (the worker's start and its prefetched batches) are
+    not timed, and the window spans at least 12 fresh batches. Returns, for that window:
+    steps/s (steps / wall clock); t_up, the worker's CPU seconds per fresh batch (from the stamps that travel with the
+    batches); t_down, the seconds per training step (augmentation, forward, backward, update), timed around the step
+    (synchronised on an accelerator); echo factor, steps per fresh batch in the window (a fractional e is drawn)."""
+    loader = echoing_loader(dataset, batch_size=cfg.batch_size, factor=1, point="batch", num_workers=1, seed=seed,
+                            collate_fn=_StampedCollate())
     generator = torch.Generator().manual_seed(seed)
     warm_up, timed_steps = 2 * math.ceil(factor), max(steps, math.ceil(12 * factor))
-    count, start = 0, None
-    for x, y in echo_batches(loader, factor, seed=seed):
+    count, start, step_seconds, stamps, previous = 0, None, 0.0, [], None
+    for batch in echo_batches(loader, factor, seed=seed):
+        x, y, stamp = batch
+        if start is not None and batch is not previous:
+            stamps.append(float(stamp))
+        previous = batch
+        begin = time.perf_counter()
         _step(model, optimizer, augment_many(x, generator).to(device), y.to(device))
+        _synchronize(device)
         count += 1
+        if start is not None:
+            step_seconds += time.perf_counter() - begin
         if count == warm_up:
             start = time.perf_counter()
         if count == warm_up + timed_steps:
             break
-    return timed_steps / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return {"steps/s": timed_steps / wall, "t_up": (stamps[-1] - stamps[0]) / (len(stamps) - 1),
+            "t_down": step_seconds / timed_steps, "echo factor": timed_steps / len(stamps)}
 
 
 def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show_progress: bool = True) -> list[dict]:
-    """Steps/s measured against e / max(t_up, e·t_down), for each target R and echo factor e.
+    """Steps/s measured against the law e / max(t_up, e·t_down), for each target R and echo factor e.
 
-    t_up and t_down do not depend on e, so for each target R they are probed before every measured run (all e, all
-    repeats) and the law uses the medians of those probes: a single short probe on a shared machine drifts by 20-30%,
-    which would otherwise show up as scatter in measured / modelled. The measured steps/s is the median of
-    cfg.law_repeats runs of cfg.law_steps steps."""
+    The law is fed twice. First with the costs measured inside each run, in the same window as its steps/s (see
+    measured_run): t_up is the worker's CPU per fresh batch, t_down the step's time; this tests what the law says
+    about the pipeline (the two sides overlap, and nothing else costs) whatever the shared machine's speed was in
+    that window. Each row's "measured / modelled" is the median over cfg.law_repeats runs of that run's ratio, and its
+    costs, R and steps/s are medians too. Second with costs probed alone (each side without the other, before the
+    runs of every e; medians per target R), as one would plan: "measured / probed law" adds how the two sides slow each other down
+    on this machine, and the drift between a probe and a run."""
     from tqdm.auto import tqdm
 
     rows = []
@@ -391,23 +426,29 @@ def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show
         for ratio in cfg.law_ratios:
             work = calibrate_work(cfg, data, ratio * t_down_probe, seed)
             dataset = data.train.with_work(work)
-            up_probes, down_probes, measured = [], [], {}
+            up_probes, down_probes, runs = [], [], {}
             for e in cfg.law_factors:
-                measured[e] = []
+                runs[e] = []
+                up_probes.append(upstream_seconds(dataset, cfg, 12, seed))
+                down_probes.append(downstream_seconds(cfg, model, optimizer, data, 30, device))
                 for repeat in range(cfg.law_repeats):
-                    up_probes.append(upstream_seconds(dataset, cfg, 12, seed + repeat))
-                    down_probes.append(downstream_seconds(cfg, model, optimizer, data, 30, device))
-                    measured[e].append(measured_steps_per_second(cfg, dataset, model, optimizer, e, cfg.law_steps,
-                                                                 seed + repeat, device, data.augment_many))
+                    run = measured_run(cfg, dataset, model, optimizer, e, cfg.law_steps, seed + repeat, device,
+                                       data.augment_many)
+                    run["modelled"] = overlap_steps_per_second(run["t_up"], run["t_down"], run["echo factor"])
+                    runs[e].append(run)
                 bar.update()
-            t_up, t_down = float(np.median(up_probes)), float(np.median(down_probes))
+            t_up_probe, t_down_probe_r = float(np.median(up_probes)), float(np.median(down_probes))
             for e in cfg.law_factors:
-                modelled = overlap_steps_per_second(t_up, t_down, e)
-                steps_per_second = float(np.median(measured[e]))
-                rows.append({"target R": ratio, "work": work, "R": t_up / t_down, "echo factor": e,
-                             "t_up (ms)": 1e3 * t_up, "t_down (ms)": 1e3 * t_down,
-                             "modelled steps/s": modelled, "measured steps/s": steps_per_second,
-                             "measured / modelled": steps_per_second / modelled})
+                median = {key: float(np.median([run[key] for run in runs[e]])) for key in runs[e][0]}
+                ratios = [run["steps/s"] / run["modelled"] for run in runs[e]]
+                probed = overlap_steps_per_second(t_up_probe, t_down_probe_r, e)
+                rows.append({"target R": ratio, "work": work, "R": median["t_up"] / median["t_down"], "echo factor": e,
+                             "t_up (ms)": 1e3 * median["t_up"], "t_down (ms)": 1e3 * median["t_down"],
+                             "modelled steps/s": median["modelled"], "measured steps/s": median["steps/s"],
+                             "measured / modelled": float(np.median(ratios)),
+                             "spread": float(max(ratios) - min(ratios)),
+                             "probed t_up (ms)": 1e3 * t_up_probe, "probed t_down (ms)": 1e3 * t_down_probe_r,
+                             "probed law steps/s": probed, "measured / probed law": median["steps/s"] / probed})
         bar.close()
     return rows
 

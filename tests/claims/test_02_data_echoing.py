@@ -21,12 +21,12 @@ def test_throughput_follows_the_law_while_e_le_R(setup):
     cfg, data = setup
     rows = chapter.law_check(cfg, data, DEVICE, show_progress=False)
     below = [r for r in rows if r["echo factor"] <= r["R"]]
-    waiting = [r["measured / modelled"] for r in below if r["R"] >= 4]
-    assert waiting, rows
-    # where the trainer mostly waits, the law holds closely; where both sides are busy, a 2-core machine's processes
-    # slow each other and the law is a ceiling that is approached, not reached (the chapter shows both)
-    assert np.median(waiting) >= 0.9, waiting
-    assert min(r["measured / modelled"] for r in below) >= 0.65, below
+    # both input sides measured (one with the trainer mostly waiting), and several settings at or below the kink
+    assert max(r["R"] for r in rows) >= 4 and len(below) >= 6, rows
+    # the criterion: at least 90% of the law's steps/s, the law fed with the costs of the same run
+    assert min(r["measured / modelled"] for r in below) >= 0.9, below
+    # and never above it by more than timing noise: the law is a ceiling
+    assert max(r["measured / modelled"] for r in rows) <= 1.05, rows
 
 
 def test_echoing_reaches_the_target_sooner_on_fewer_fresh_examples(setup):
