@@ -47,8 +47,8 @@ class Config:
     seeds: tuple[int, ...] = (0, 1, 2)
     law_factors: tuple[float, ...] = (1, 1.5, 2, 3, 4, 6)
     law_ratios: tuple[float, ...] = (2.0, 8.0)  # targets; the machine's drift moves the measured R, reported
-    law_steps: int = 60
-    law_repeats: int = 3
+    law_steps: int = 40  # at least; a window spans at least 12 fresh batches
+    law_repeats: int = 5
     wall_ratio: float = 4.0  # R for the wall-clock-to-target comparison
     wall_factors: tuple[float, ...] = (1, 2)
     dup_batch_sizes: tuple[int, ...] = (32, 512)
@@ -372,7 +372,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: int, seed: int, device: torch.device,
-                 augment_many: Callable = augment_batch) -> dict:
+                 augment_many: Callable = augment_batch, prefetch_factor: int = 2) -> dict:
     """One timed run of the pipeline: the input side in one worker, each fresh batch echoed on the device
     (echo_batches), every copy augmented afresh in the training process.
 
@@ -382,7 +382,7 @@ def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: i
     batches); t_down, the seconds per training step (augmentation, forward, backward, update), timed around the step
     (synchronised on an accelerator); echo factor, steps per fresh batch in the window (a fractional e is drawn)."""
     loader = echoing_loader(dataset, batch_size=cfg.batch_size, factor=1, point="batch", num_workers=1, seed=seed,
-                            collate_fn=_StampedCollate())
+                            collate_fn=_StampedCollate(), prefetch_factor=prefetch_factor)
     generator = torch.Generator().manual_seed(seed)
     warm_up, timed_steps = 2 * math.ceil(factor), max(steps, math.ceil(12 * factor))
     count, start, step_seconds, stamps, previous = 0, None, 0.0, [], None
@@ -410,12 +410,12 @@ def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show
     """Steps/s measured against the law e / max(t_up, e·t_down), for each target R and echo factor e.
 
     The law is fed twice. First with the costs measured inside each run, in the same window as its steps/s (see
-    measured_run): t_up is the worker's CPU per fresh batch, t_down the step's time; this tests what the law says
-    about the pipeline (the two sides overlap, and nothing else costs) whatever the shared machine's speed was in
-    that window. Each row's "measured / modelled" is the median over cfg.law_repeats runs of that run's ratio, and its
-    costs, R and steps/s are medians too. Second with costs probed alone (each side without the other, before the
-    runs of every e; medians per target R), as one would plan: "measured / probed law" adds how the two sides slow each other down
-    on this machine, and the drift between a probe and a run."""
+    measured_run): t_up is the worker's CPU per fresh batch, t_down the step's time. This tests what the law says
+    about the pipeline (the two sides overlap, and nothing else costs time) whatever the shared machine's speed was in
+    that window. Each row's "measured / modelled" is the median over cfg.law_repeats runs of that run's own ratio
+    ("spread": their range); its costs, R and steps/s are medians too. Second with costs probed alone (each side
+    without the other, before the runs of every e; medians per target R), as one would plan: "measured / probed law"
+    adds how the two sides slow each other down on this machine, and the drift between a probe and a run."""
     from tqdm.auto import tqdm
 
     rows = []
@@ -429,8 +429,8 @@ def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show
             up_probes, down_probes, runs = [], [], {}
             for e in cfg.law_factors:
                 runs[e] = []
-                up_probes.append(upstream_seconds(dataset, cfg, 12, seed))
-                down_probes.append(downstream_seconds(cfg, model, optimizer, data, 30, device))
+                up_probes.append(upstream_seconds(dataset, cfg, 8, seed))
+                down_probes.append(downstream_seconds(cfg, model, optimizer, data, 20, device))
                 for repeat in range(cfg.law_repeats):
                     run = measured_run(cfg, dataset, model, optimizer, e, cfg.law_steps, seed + repeat, device,
                                        data.augment_many)
