@@ -109,14 +109,16 @@ def test_measured_run_reports_the_costs_of_its_own_window(factor):
     cfg = chapter.config("smoke", batch_size=8)
     model, optimizer = chapter.make_model(cfg, 0, torch.device("cpu"))
     run = chapter.measured_run(cfg, data.train.with_work(5), model, optimizer, factor, 12, 0, torch.device("cpu"))
-    assert set(run) == {"steps/s", "t_up", "t_down", "echo factor"}
+    assert set(run) == {"steps/s", "t_up", "t_down", "echo factor", "worker CPU / wall"}
     assert run["echo factor"] == factor  # an integer factor: every fresh batch in the window is used exactly e times
     assert run["steps/s"] > 0 and run["t_up"] > 0 and run["t_down"] > 0
-    # the window's steps cannot outrun the trainer's own step time
-    assert run["steps/s"] <= 1 / run["t_down"]
+    # the window's steps cannot outrun the trainer's own step time, nor the worker use more than its one thread
+    assert run["steps/s"] <= 1 / run["t_down"] and 0 < run["worker CPU / wall"] <= 1.1
 
 
-def test_stamped_collate_adds_the_process_cpu_time():
-    x, y, stamp = chapter._StampedCollate()([(torch.zeros(2), torch.tensor(1)), (torch.ones(2), torch.tensor(0))])
+def test_stamped_collate_adds_the_process_clocks():
+    before = time.perf_counter()
+    x, y, clocks = chapter._StampedCollate()([(torch.zeros(2), torch.tensor(1)), (torch.ones(2), torch.tensor(0))])
     assert x.shape == (2, 2) and y.tolist() == [1, 0]
-    assert stamp.dtype == torch.float64 and stamp.ndim == 0 and 0 < float(stamp) <= time.process_time()
+    cpu, wall = clocks.tolist()
+    assert clocks.dtype == torch.float64 and 0 < cpu <= time.process_time() and before <= wall <= time.perf_counter()

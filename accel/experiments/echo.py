@@ -356,14 +356,16 @@ def calibrate_work(cfg: Config, data: Data, t_target: float, seed: int = 0) -> i
 
 
 class _StampedCollate:
-    """default_collate, plus the calling process's CPU seconds so far: (x, y) -> (x, y, seconds float64 []).
+    """default_collate plus two clocks read in the calling process: (x, y) -> (x, y, [CPU seconds, wall seconds]).
 
-    Runs in the DataLoader worker, so consecutive fresh batches' stamps differ by the worker's whole cost of one batch
-    (reading, decoding, collating, sending): a worker waiting for the trainer sleeps and spends no CPU. A class so that
+    Runs in the DataLoader worker, so consecutive fresh batches' CPU stamps differ by the worker's whole cost of one
+    batch (reading, decoding, collating, sending): a worker waiting for the trainer sleeps and spends no CPU. The wall
+    stamps (perf_counter: the same clock in every process) give the worker's elapsed time per batch. A class so that
     it pickles into workers under any start method."""
 
     def __call__(self, samples: list) -> tuple:
-        return (*default_collate(samples), torch.tensor(time.process_time(), dtype=torch.float64))
+        clocks = torch.tensor([time.process_time(), time.perf_counter()], dtype=torch.float64)
+        return (*default_collate(samples), clocks)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -380,7 +382,9 @@ def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: i
     not timed, and the window spans at least 12 fresh batches. Returns, for that window:
     steps/s (steps / wall clock); t_up, the worker's CPU seconds per fresh batch (from the stamps that travel with the
     batches); t_down, the seconds per training step (augmentation, forward, backward, update), timed around the step
-    (synchronised on an accelerator); echo factor, steps per fresh batch in the window (a fractional e is drawn)."""
+    (synchronised on an accelerator); echo factor, steps per fresh batch in the window (a fractional e is drawn);
+    worker CPU / wall, the worker's CPU seconds per elapsed second over the same batches (below 1 where it waits for
+    the trainer, or where it does not get a whole core)."""
     loader = echoing_loader(dataset, batch_size=cfg.batch_size, factor=1, point="batch", num_workers=1, seed=seed,
                             collate_fn=_StampedCollate(), prefetch_factor=prefetch_factor)
     generator = torch.Generator().manual_seed(seed)
@@ -389,7 +393,7 @@ def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: i
     for batch in echo_batches(loader, factor, seed=seed):
         x, y, stamp = batch
         if start is not None and batch is not previous:
-            stamps.append(float(stamp))
+            stamps.append(stamp.tolist())
         previous = batch
         begin = time.perf_counter()
         _step(model, optimizer, augment_many(x, generator).to(device), y.to(device))
@@ -402,8 +406,10 @@ def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: i
         if count == warm_up + timed_steps:
             break
     wall = time.perf_counter() - start
-    return {"steps/s": timed_steps / wall, "t_up": (stamps[-1] - stamps[0]) / (len(stamps) - 1),
-            "t_down": step_seconds / timed_steps, "echo factor": timed_steps / len(stamps)}
+    (cpu_first, wall_first), (cpu_last, wall_last) = stamps[0], stamps[-1]
+    return {"steps/s": timed_steps / wall, "t_up": (cpu_last - cpu_first) / (len(stamps) - 1),
+            "t_down": step_seconds / timed_steps, "echo factor": timed_steps / len(stamps),
+            "worker CPU / wall": (cpu_last - cpu_first) / (wall_last - wall_first)}
 
 
 def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show_progress: bool = True) -> list[dict]:
@@ -447,6 +453,7 @@ def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show
                              "modelled steps/s": median["modelled"], "measured steps/s": median["steps/s"],
                              "measured / modelled": float(np.median(ratios)),
                              "spread": float(max(ratios) - min(ratios)),
+                             "worker CPU / wall": median["worker CPU / wall"],
                              "probed t_up (ms)": 1e3 * t_up_probe, "probed t_down (ms)": 1e3 * t_down_probe_r,
                              "probed law steps/s": probed, "measured / probed law": median["steps/s"] / probed})
         bar.close()
