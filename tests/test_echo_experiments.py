@@ -116,6 +116,14 @@ def test_measured_run_reports_the_costs_of_its_own_window(factor):
     assert run["steps/s"] <= 1 / run["t_down"] and 0 < run["worker CPU / wall"] <= 1.1
 
 
+def test_measured_run_refuses_a_window_longer_than_an_epoch():
+    data, _, _ = small_data(n=64)
+    cfg = chapter.config("smoke", batch_size=8)  # 8 fresh batches per epoch: 2 of warm-up + 12 timed do not fit
+    model, optimizer = chapter.make_model(cfg, 0, torch.device("cpu"))
+    with pytest.raises(ValueError, match="Invalid steps: 12"):
+        chapter.measured_run(cfg, data.train, model, optimizer, 1, 12, 0, torch.device("cpu"))
+
+
 def test_stamped_collate_adds_the_process_clocks():
     before = time.perf_counter()
     x, y, clocks = chapter._StampedCollate()([(torch.zeros(2), torch.tensor(1)), (torch.ones(2), torch.tensor(0))])

@@ -405,6 +405,10 @@ def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: i
             start = time.perf_counter()
         if count == warm_up + timed_steps:
             break
+    else:  # the loader runs one epoch: a window longer than that would be timed over fewer steps than it counts
+        raise ValueError(f"Invalid steps: {steps}; one epoch of {len(dataset)} samples at batch size {cfg.batch_size} "
+                         f"and echo factor {factor} gave {count} steps, and the window needs {warm_up + timed_steps} "
+                         "(warm-up included)")
     wall = time.perf_counter() - start
     (cpu_first, wall_first), (cpu_last, wall_last) = stamps[0], stamps[-1]
     return {"steps/s": timed_steps / wall, "t_up": (cpu_last - cpu_first) / (len(stamps) - 1),
