@@ -24,7 +24,7 @@ from accel.datasets.cifar import random_crop_flip
 from accel.datasets.slow import SlowDecoded, augment_signal
 from accel.echo import POINTS, echo, echo_batches, echoing_loader
 from accel.experiments import pick_config
-from accel.experiments.where_time_goes import overlap_steps_per_second, single_threaded
+from accel.experiments.where_time_goes import overlap_steps_per_second, single_threaded, synchronize
 from accel.models.vision import ConvNet1D, resnet32_cifar
 
 
@@ -368,13 +368,8 @@ class _StampedCollate:
         return (*default_collate(samples), clocks)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: int, seed: int, device: torch.device,
-                 augment_many: Callable = augment_batch, prefetch_factor: int = 2) -> dict:
+                 augment_many: Callable = augment_batch) -> dict:
     """One timed run of the pipeline: the input side in one worker, each fresh batch echoed on the device
     (echo_batches), every copy augmented afresh in the training process.
 
@@ -386,7 +381,7 @@ def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: i
     worker CPU / wall, the worker's CPU seconds per elapsed second over the same batches (below 1 where it waits for
     the trainer, or where it does not get a whole core)."""
     loader = echoing_loader(dataset, batch_size=cfg.batch_size, factor=1, point="batch", num_workers=1, seed=seed,
-                            collate_fn=_StampedCollate(), prefetch_factor=prefetch_factor)
+                            collate_fn=_StampedCollate())
     generator = torch.Generator().manual_seed(seed)
     warm_up, timed_steps = 2 * math.ceil(factor), max(steps, math.ceil(12 * factor))
     count, start, step_seconds, stamps, previous = 0, None, 0.0, [], None
@@ -397,7 +392,7 @@ def measured_run(cfg: Config, dataset, model, optimizer, factor: float, steps: i
         previous = batch
         begin = time.perf_counter()
         _step(model, optimizer, augment_many(x, generator).to(device), y.to(device))
-        _synchronize(device)
+        synchronize(device)
         count += 1
         if start is not None:
             step_seconds += time.perf_counter() - begin
@@ -447,18 +442,18 @@ def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show
                     run["modelled"] = overlap_steps_per_second(run["t_up"], run["t_down"], run["echo factor"])
                     runs[e].append(run)
                 bar.update()
-            t_up_probe, t_down_probe_r = float(np.median(up_probes)), float(np.median(down_probes))
+            probed_up, probed_down = float(np.median(up_probes)), float(np.median(down_probes))
             for e in cfg.law_factors:
                 median = {key: float(np.median([run[key] for run in runs[e]])) for key in runs[e][0]}
                 ratios = [run["steps/s"] / run["modelled"] for run in runs[e]]
-                probed = overlap_steps_per_second(t_up_probe, t_down_probe_r, e)
+                probed = overlap_steps_per_second(probed_up, probed_down, e)
                 rows.append({"target R": ratio, "work": work, "R": median["t_up"] / median["t_down"], "echo factor": e,
                              "t_up (ms)": 1e3 * median["t_up"], "t_down (ms)": 1e3 * median["t_down"],
                              "modelled steps/s": median["modelled"], "measured steps/s": median["steps/s"],
                              "measured / modelled": float(np.median(ratios)),
                              "spread": float(max(ratios) - min(ratios)),
                              "worker CPU / wall": median["worker CPU / wall"],
-                             "probed t_up (ms)": 1e3 * t_up_probe, "probed t_down (ms)": 1e3 * t_down_probe_r,
+                             "probed t_up (ms)": 1e3 * probed_up, "probed t_down (ms)": 1e3 * probed_down,
                              "probed law steps/s": probed, "measured / probed law": median["steps/s"] / probed})
         bar.close()
     return rows

@@ -101,7 +101,8 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that a clock read next includes it; nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -147,17 +148,17 @@ def step_breakdown(cfg: Config, device: torch.device, seed: int = 0, work: int =
         x, y = next(batches)
         t1 = time.perf_counter()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        _sync(device)
+        synchronize(device)
         t2 = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
-        _sync(device)
+        synchronize(device)
         t3 = time.perf_counter()
         loss.backward()
-        _sync(device)
+        synchronize(device)
         t4 = time.perf_counter()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _sync(device)
+        synchronize(device)
         t5 = time.perf_counter()
         if step >= cfg.warmup_steps:
             for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
@@ -227,16 +228,16 @@ def train_pipelined(model, optimizer, dataset, cfg: Config, *, echo_factor: floa
             _train_step(model, optimizer, x, y)
             step += 1
             if evaluate is not None and eval_every and step % eval_every == 0:
-                _sync(device)
+                synchronize(device)
                 t = time.perf_counter()
                 curve.append((step, fresh, t - start - paused, evaluate()))
                 paused += time.perf_counter() - t
         if step < steps:
-            _sync(device)
+            synchronize(device)
             t = time.perf_counter()
             x, y = next(batches)
             idle += time.perf_counter() - t
-    _sync(device)
+    synchronize(device)
     return PipelineRun(echo_factor, step, fresh, time.perf_counter() - start - paused, idle, curve)
 
 
@@ -256,11 +257,11 @@ def downstream_seconds(model, optimizer, dataset, cfg: Config, steps: int, devic
     x, y = x.to(device), y.to(device)
     for _ in range(3):
         _train_step(model, optimizer, x, y)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         _train_step(model, optimizer, x, y)
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
