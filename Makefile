@@ -9,18 +9,30 @@ STAMP      := $(VENV)/.accel-installed
 TORCH_SPEC ?= torch==2.13.0
 PROFILE    ?= auto
 PIP        := $(PY) -m pip --disable-pip-version-check -q
+CHROMIUM   := /usr/bin/chromium
 
-.PHONY: book test lab verify references outputs setup clean
+.PHONY: book test lab verify references spread outputs setup clean
 
 setup: $(STAMP)
 
 $(PY):
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml | $(PY) $(CHROMIUM)
 	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC) (CPU)"; $(PIP) install "$(TORCH_SPEC)"; }
 	$(PIP) install -e ".[book,dev]"
 	@touch $@
+
+# The browser test's one system dependency: Debian's Chromium, installed when running as root with apt-get (as CI
+# does); otherwise a note, and the browser test fails saying what to install.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else \
+		echo "note: the browser test needs $(CHROMIUM); install it as root: apt-get install --no-install-recommends chromium"; \
+	fi
 
 ## make book: execute every chapter (profile auto; ACCEL_PROFILE=smoke|cpu|paper overrides) into build/
 book: $(STAMP)
@@ -42,6 +54,11 @@ verify: $(STAMP)
 ## make references: re-run every chapter in smoke and rewrite tests/reference/, printing what changed
 references: $(STAMP)
 	$(PY) -m accel.book.references
+
+## make spread: slow; every chapter in smoke under each CPU kernel, seed and one thread, into
+## data/results/smoke_spread.json: the measured spreads that the smoke tolerances are set from
+spread: $(STAMP)
+	$(PY) -m accel.book.spread
 
 ## make outputs: re-execute the committed notebooks in place (profile cpu unless PROFILE=...), for committing
 outputs: $(STAMP)

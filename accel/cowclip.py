@@ -50,9 +50,10 @@ unless something such as L2 wrote there); the clip is then two row-norm reductio
 sparse COO gradient with one entry per lookup; it is coalesced (duplicates summed), its rows are clipped, and the
 clipped, coalesced sparse tensor is written back to ``.grad``. Both paths clip the touched rows identically.
 
-Host syncs. ``cowclip`` never waits for the device. ``clip_embedding_grad_`` reads two numbers for the range check
-of ids and three for its statistics (Python ints, one transfer each), plus a nonzero() (its size) for absent_rows=
-"skip" on a dense gradient or for return_rows; ``CowClip.step`` adds nothing else.
+Host syncs. ``cowclip`` reads one bool (the check that counts are finite and >= 0). ``clip_embedding_grad_`` reads
+two numbers for the range check of ids and three for its statistics (Python ints, one transfer each), plus a
+nonzero() (its size) for absent_rows="skip" on a dense gradient or for return_rows; ``CowClip.step`` adds nothing
+else.
 
 Cost (tests/benchmarks/bench_cowclip.py: batch 16K, 1M x 10 table, MLP 400-400-400, 2-core CPU): the whole-table
 dense clip is two row-norm reductions and one multiply, 15-25 ms on a ~500 ms step; on sparse gradients it is
@@ -111,6 +112,12 @@ def _check_positive_int(name: str, value) -> int:
     if not (_is_int(value) and value >= 1):
         raise _invalid(name, value, "an int >= 1")
     return int(value)
+
+
+def _check_bool(name: str, value, allow_none: bool = False) -> bool | None:
+    if not (isinstance(value, bool) or (allow_none and value is None)):
+        raise _invalid(name, value, "True or False" + (" or None" if allow_none else ""))
+    return value
 
 
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
@@ -183,8 +190,9 @@ def cowclip(
     """Clipped gradient rows, g · min(1, cnt · max(r · ||w||, zeta) / ||g||) row by row (Algorithm 1); a new tensor.
 
     grad, weight: [rows, dim], the rows' gradients and current weights (same shape, any device; weight is not
-    modified). counts: [rows], int or float, the number of samples in the batch containing each row's ID (>= 0; a
-    count of 0 clips the row to zero). r > 0: the coefficient; zeta >= 0: the threshold's lower bound.
+    modified). counts: [rows], int or float, the number of samples in the batch containing each row's ID (finite and
+    >= 0, checked with one host sync; a count of 0 clips the row to zero). r > 0: the coefficient; zeta >= 0: the
+    threshold's lower bound.
     threshold: "paper" (the formula above) or "official", the LargeBatchCTR code's r · cnt · max(||w||, r · sqrt(dim)
     · zeta), equal to the paper's with zeta · sqrt(dim) when r = 1 (module docstring).
     Norms and scales are computed in float32 for half-precision inputs (float64 stays float64); the result has grad's
@@ -198,6 +206,14 @@ def cowclip(
         raise _invalid("weight", getattr(weight, "shape", weight), f"a tensor of grad's shape {tuple(grad.shape)}")
     if not isinstance(counts, torch.Tensor) or counts.shape != grad.shape[:1]:
         raise _invalid("counts", getattr(counts, "shape", counts), f"a tensor of shape ({grad.shape[0]},)")
+    if counts.dtype == torch.bool or counts.is_complex():
+        raise _invalid("counts", counts.dtype, "an int or float tensor")
+    valid = counts >= 0  # False for NaN too
+    if counts.is_floating_point():
+        valid &= counts.isfinite()
+    if not bool(valid.all()):  # the one host sync: a negative count would flip the row's sign
+        row = int((~valid).nonzero()[0, 0])
+        raise ValueError(f"Invalid counts: {counts[row].item()} at row {row}; expected finite counts >= 0")
     grad_norm = _row_norms(grad)
     weight_norm = _row_norms(weight.detach()).to(grad_norm.dtype)
     scale, _ = _row_scale(grad_norm, weight_norm, counts.to(grad.device), r, zeta, threshold, grad.shape[1])
@@ -259,11 +275,30 @@ def clip_embedding_grad_(
     r, zeta = _check_positive_real("r", r), _check_nonnegative_real("zeta", zeta)
     _check_choice("threshold", threshold, THRESHOLDS)
     _check_choice("absent_rows", absent_rows, ABSENT_ROWS)
-    grad = param.grad
-    if grad is None:
+    _check_bool("return_rows", return_rows)
+    return _clip_rows_(param, _table_counts(param, ids), r, zeta, threshold, absent_rows, return_rows)
+
+
+def _table_counts(param: torch.Tensor, ids) -> torch.Tensor:
+    """row_counts of ids for the table param, which must have a gradient: every check of a clip, done before it."""
+    if param.grad is None:
         raise RuntimeError("The embedding's weight has no gradient (.grad is None): call loss.backward() first")
+    return row_counts(ids.to(param.device) if isinstance(ids, torch.Tensor) else ids, param.shape[0])
+
+
+@torch.no_grad()
+def _clip_rows_(
+    param: torch.Tensor,
+    counts: torch.Tensor,
+    r: float,
+    zeta: float,
+    threshold: str,
+    absent_rows: str,
+    return_rows: bool,
+) -> dict:
+    """clip_embedding_grad_ on validated arguments, counts [rows] from _table_counts."""
+    grad = param.grad
     num_rows, dim = param.shape
-    counts = row_counts(ids.to(param.device) if isinstance(ids, torch.Tensor) else ids, num_rows)
     touched = counts > 0
     weight = param.detach()
 
@@ -470,16 +505,15 @@ class CowClip:
         if not (_is_int(warmup_steps) and warmup_steps >= 0):
             raise _invalid("warmup_steps", warmup_steps, "an int >= 0")
         self.warmup_steps = int(warmup_steps)
-        if not isinstance(clip, bool):
-            raise _invalid("clip", clip, "True or False")
-        self.clip = clip
+        self.clip = _check_bool("clip", clip)
+        _check_bool("fused", fused, allow_none=True)
         self.r, self.zeta = _check_positive_real("r", r), _check_nonnegative_real("zeta", zeta)
         self.threshold = _check_choice("threshold", threshold, THRESHOLDS)
         self.absent_rows = _check_choice("absent_rows", absent_rows, ABSENT_ROWS)
         if not (isinstance(betas, Sequence) and len(betas) == 2 and all(_is_real(b) and 0 <= b < 1 for b in betas)):
             raise _invalid("betas", betas, "two numbers in [0, 1)")
         eps = _check_nonnegative_real("eps", eps)
-        self.return_rows = bool(return_rows)
+        self.return_rows = _check_bool("return_rows", return_rows)
 
         # the parameters: clipped tables, embedding parameters (embed_lr, L2), the rest (dense lr)
         all_params = {id(p): p for p in model.parameters() if p.requires_grad}
@@ -576,21 +610,14 @@ class CowClip:
         used), embed_lr; with the clip, rows_touched, rows_clipped, clip_fraction, absent_rows_clipped summed over
         the clipped tables (and "tables", a list of each table's ``clip_embedding_grad_`` dict, with return_rows).
         """
-        per_table_ids = self._ids_per_table(ids)
+        # every check first (ids in range, gradients present): a rejected step leaves every .grad as it was
+        counts = [_table_counts(table, table_ids) for table, table_ids in zip(self.tables, self._ids_per_table(ids))]
         self._add_l2()
         stats: dict = {"step": self.steps, "lr": self.dense_lr, "embed_lr": self.embed_lr}
-        if per_table_ids:
+        if counts:
             tables = [
-                clip_embedding_grad_(
-                    table,
-                    table_ids,
-                    self.r,
-                    self.zeta,
-                    threshold=self.threshold,
-                    absent_rows=self.absent_rows,
-                    return_rows=self.return_rows,
-                )
-                for table, table_ids in zip(self.tables, per_table_ids)
+                _clip_rows_(table, table_counts, self.r, self.zeta, self.threshold, self.absent_rows, self.return_rows)
+                for table, table_counts in zip(self.tables, counts)
             ]
             for key in ("rows_touched", "rows_clipped", "absent_rows_clipped"):
                 stats[key] = sum(t[key] for t in tables)
@@ -615,6 +642,7 @@ class CowClip:
         return stats
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        _check_bool("set_to_none", set_to_none)
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=set_to_none)
 

@@ -105,6 +105,12 @@ def _check_seed(seed, allow_none: bool) -> int | None:
     return int(seed)
 
 
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise _invalid(name, value, "True or False")
+    return bool(value)
+
+
 def _check_callable(name: str, value) -> None:
     if value is not None and not callable(value):
         raise _invalid(name, value, "a callable or None")
@@ -415,17 +421,18 @@ def echoing_loader(
     seed = _check_seed(seed, allow_none=False)
     _check_callable("collate_fn", collate_fn)
     prefetch_factor = _check_int("prefetch_factor", prefetch_factor, 1)
+    drop_last, pin_memory = _check_bool("drop_last", drop_last), _check_bool("pin_memory", pin_memory)
     collate_fn = collate_fn or default_collate
 
     by_value = num_workers > 0 and not pin_memory  # see BY_VALUE_BYTES; the stream and collate run in workers then
-    stream = _EchoStream(dataset, factor, point, augment, shuffle_buffer, batch_size, bool(drop_last), collate_fn, seed,
+    stream = _EchoStream(dataset, factor, point, augment, shuffle_buffer, batch_size, drop_last, collate_fn, seed,
                          by_value)
     generator = torch.Generator()
     if point == "batch":  # the workers yield finished batches
         batching = dict(batch_size=None, collate_fn=_unchanged)
     else:
         collate = _CountingCollate(collate_fn, by_value)
-        batching = dict(batch_size=batch_size, drop_last=bool(drop_last), collate_fn=collate)
+        batching = dict(batch_size=batch_size, drop_last=drop_last, collate_fn=collate)
     loader = DataLoader(
         stream,
         num_workers=num_workers,

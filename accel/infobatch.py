@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,11 @@ def _invalid(name: str, value, expected: str) -> ValueError:
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# what state_dict() holds, and load_state_dict() needs
+_STATE_KEYS = ("num_samples", "num_epochs", "prune_ratio", "delta", "seed", "epoch", "scores", "order", "weights",
+               "history")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -317,15 +322,64 @@ class InfoBatch(Sampler[int]):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore state_dict(); the run's settings must match. num_replicas and rank may differ (list re-split)."""
+        """Restore state_dict(); the run's settings must match. num_replicas and rank may differ (list re-split).
+
+        Everything is checked before anything is set (ValueError naming the field; TypeError if state is no dict):
+        a state that fails to load leaves the sampler as it was.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"Invalid state: {type(state).__name__}; expected a dict from InfoBatch.state_dict()")
+        missing = sorted(set(_STATE_KEYS) - set(state))
+        if missing:
+            raise ValueError(f"Invalid state: missing keys {missing}; expected a dict from InfoBatch.state_dict()")
         for key in ("num_samples", "num_epochs", "prune_ratio", "delta", "seed"):
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"Cannot load state with {key} = {state[key]!r} into a sampler with {key} = {getattr(self, key)!r}"
                 )
-        self._scores = state["scores"].to(self._scores.device, torch.float32).clone()
-        self._install(int(state["epoch"]), state["order"].cpu().long().clone(), state["weights"].cpu().clone())
-        self.history = [dict(h) for h in state["history"]]
+        epoch = state["epoch"]
+        if not _is_int(epoch) or epoch < 0:
+            raise _invalid("state['epoch']", epoch, "an int >= 0")
+        scores = self._checked_per_sample(state, "scores")
+        weights = self._checked_per_sample(state, "weights", positive=True)
+        order = self._checked_order(state["order"])
+        history = state["history"]
+        fields = {"epoch", "used", "pruned"}
+        if not (isinstance(history, list) and all(isinstance(h, dict) and h.keys() == fields for h in history)):
+            raise _invalid("state['history']", history, "a list of {'epoch', 'used', 'pruned'} dicts")
+
+        self._scores = scores.to(self._scores.device, torch.float32, copy=True)
+        self._install(int(epoch), order.long().clone(), weights.clone())
+        self.history = [dict(h) for h in history]
+
+    def _checked_per_sample(self, state: dict, key: str, positive: bool = False) -> torch.Tensor:
+        """state[key] on the CPU, checked to be a float tensor [N] of finite entries (and > 0 if positive)."""
+        values, n = state[key], self.num_samples
+        if not (isinstance(values, torch.Tensor) and values.shape == (n,) and values.is_floating_point()):
+            got = f"shape {tuple(values.shape)}, dtype {values.dtype}" if isinstance(values, torch.Tensor) else values
+            raise ValueError(f"Invalid state[{key!r}]: {got}; expected a float tensor of shape ({n},)")
+        values = values.cpu()
+        valid = values.isfinite() & (values > 0) if positive else values.isfinite()
+        if not bool(valid.all()):
+            at, allowed = int((~valid).nonzero()[0, 0]), "finite and > 0" if positive else "finite"
+            raise ValueError(f"Invalid state[{key!r}]: {values[at].item()} at index {at}; expected {allowed} entries")
+        return values
+
+    def _checked_order(self, order) -> torch.Tensor:
+        """state['order'] on the CPU, checked to list distinct samples in [0, num_samples), at least one."""
+        expected = f"expected distinct sample indices in [0, {self.num_samples - 1}], at least one"
+        integers = isinstance(order, torch.Tensor) and not (order.is_floating_point() or order.is_complex())
+        if not integers or order.dtype == torch.bool or order.ndim != 1 or order.numel() == 0:
+            got = f"shape {tuple(order.shape)}, dtype {order.dtype}" if isinstance(order, torch.Tensor) else order
+            raise ValueError(f"Invalid state['order']: {got}; {expected}")
+        order = order.cpu()
+        low, high = int(order.min()), int(order.max())
+        if low < 0 or high >= self.num_samples:
+            raise ValueError(f"Invalid state['order']: values in [{low}, {high}]; {expected}")
+        distinct = len(torch.unique(order))
+        if distinct != len(order):
+            raise ValueError(f"Invalid state['order']: {distinct} distinct of {len(order)} entries; {expected}")
+        return order
 
 
 class WithIndex(Dataset):

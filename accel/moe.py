@@ -105,6 +105,13 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 # ----------------------------------------------------------------------------------------------------- losses
 
 
@@ -122,7 +129,8 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 def load_balancing_loss(probs: torch.Tensor, top1_index: torch.Tensor) -> torch.Tensor:
     """Switch's load-balancing loss E · sum_i f_i · P_i, in float32 (a scalar tensor).
 
-    probs: [T, E] router probabilities (softmax over experts). top1_index: [T] long, each token's top-1 expert.
+    probs: [T, E] router probabilities (softmax over experts), T >= 1 (no tokens: ValueError, the mean is undefined).
+    top1_index: [T] integer, each token's top-1 expert in [0, E) (checked with one host sync).
     f_i = fraction of tokens whose top-1 expert is i (a count: no gradient), P_i = mean over tokens of probs[:, i]
     (the gradient flows through it). Uniform routing gives 1.0; every token on one expert with probability 1 gives E.
 
@@ -133,9 +141,26 @@ def load_balancing_loss(probs: torch.Tensor, top1_index: torch.Tensor) -> torch.
     if not isinstance(probs, torch.Tensor) or probs.ndim != 2:
         raise _invalid("probs", probs, "a tensor [T, E] of router probabilities")
     num_tokens, num_experts = probs.shape
-    if not isinstance(top1_index, torch.Tensor) or top1_index.shape != (num_tokens,) or top1_index.is_floating_point():
+    if not probs.is_floating_point():
+        raise ValueError(f"Invalid probs: dtype {probs.dtype}; expected a float tensor [T, E] of router probabilities")
+    if num_tokens == 0 or num_experts == 0:
+        missing = "at least one token" if num_tokens == 0 else "at least one expert"
+        raise ValueError(f"Invalid probs: shape {tuple(probs.shape)}; expected {missing} (the loss is a mean over T)")
+    integer = isinstance(top1_index, torch.Tensor) and not (top1_index.is_floating_point() or top1_index.is_complex())
+    if not integer or top1_index.dtype == torch.bool or top1_index.shape != (num_tokens,):
         got = tuple(top1_index.shape) if isinstance(top1_index, torch.Tensor) else top1_index
         raise _invalid("top1_index", got, f"an integer tensor of shape ({num_tokens},) (one expert per token)")
+    low, high = torch.stack(torch.aminmax(top1_index)).tolist()  # the range check's host sync
+    if low < 0 or high >= num_experts:
+        raise ValueError(
+            f"Invalid top1_index: values in [{low}, {high}]; expected expert indices in [0, {num_experts - 1}]"
+        )
+    return _balance_loss(probs, top1_index)
+
+
+def _balance_loss(probs: torch.Tensor, top1_index: torch.Tensor) -> torch.Tensor:
+    """load_balancing_loss without its checks (and their host sync): for MoE, whose indices come from its top-k."""
+    num_tokens, num_experts = probs.shape
     counts = torch.bincount(top1_index.long(), minlength=num_experts)[:num_experts]
     fraction = counts.float() / num_tokens  # f_i: integer counts, no gradient
     mean_prob = probs.float().mean(dim=0)  # P_i
@@ -252,6 +277,8 @@ class MoE(nn.Module):
             raise _invalid("second_threshold", second_threshold, "second_threshold > 0")
         if not (_is_real(expert_dropout) and 0 <= expert_dropout < 1):
             raise _invalid("expert_dropout", expert_dropout, "0 <= expert_dropout < 1")
+        if not isinstance(bias, bool):
+            raise _invalid("bias", bias, "True or False")
         if router_dtype not in ROUTER_DTYPES:
             raise _invalid("router_dtype", router_dtype, f"one of {ROUTER_DTYPES}")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -349,11 +376,12 @@ class MoE(nn.Module):
         return logits, probs, indices, gates
 
     def route(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(indices [T, k] long, gates [T, k] float32) for tokens x2d [T, d_model], before capacity and sampling.
+        """(indices [T, k] long, gates [T, k] float32) for tokens x2d [T, d_model] (any float dtype: the router
+        casts it to router_dtype), before capacity and sampling.
 
         Column 0 is each token's top-1 expert. Deterministic in eval mode; in training, jitter (if set) applies.
         """
-        _, _, indices, gates = self._route(self._check(x2d, two_d=True))
+        _, _, indices, gates = self._route(self._check(x2d, two_d=True, experts=False))
         return indices, gates
 
     def capacity(self, num_tokens: int) -> int | None:
@@ -369,7 +397,9 @@ class MoE(nn.Module):
     # ---------------------------------------------------------------------------------------------- experts
 
     def expert(self, i: int, x2d: torch.Tensor) -> torch.Tensor:
-        """Expert i (a global index, held by this rank) applied to the rows of x2d [N, d_model] -> [N, d_model]."""
+        """Expert i (a global index, held by this rank) applied to the rows of x2d [N, d_model] -> [N, d_model].
+
+        x2d: floating point, of the parameters' dtype (under torch.autocast any float dtype but float64)."""
         local = i - self.first_expert if _is_int(i) else -1
         if not 0 <= local < self.num_local_experts:
             last = self.first_expert + self.num_local_experts - 1
@@ -420,15 +450,31 @@ class MoE(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- forward
 
-    def _check(self, x: torch.Tensor, two_d: bool = False) -> torch.Tensor:
+    def _check(self, x: torch.Tensor, two_d: bool = False, experts: bool = True) -> torch.Tensor:
+        """x, checked: a float tensor [..., d_model] ([T, d_model] if two_d). With experts (it will meet the experts'
+        weights), its dtype must be theirs, or under autocast for its device any but float64 (autocast casts both to
+        its dtype, float64 never)."""
         if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.d_model or (two_d and x.ndim != 2):
             got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
             want = f"[T, {self.d_model}]" if two_d else f"[..., {self.d_model}]"
-            raise ValueError(f"Invalid input: {got}; expected a float tensor {want} (d_model = {self.d_model})")
+            raise ValueError(f"Invalid x: {got}; expected a float tensor {want} (d_model = {self.d_model})")
+        if not x.is_floating_point():
+            raise ValueError(f"Invalid x: dtype {x.dtype}; expected a floating-point tensor")
+        dtype = self.w_in.dtype
+        autocast = _autocast_enabled(x.device.type) and torch.float64 not in (x.dtype, dtype)
+        if experts and x.dtype != dtype and not autocast:
+            raise ValueError(
+                f"Invalid x: dtype {x.dtype}; expected {dtype}, the dtype of the layer's parameters (cast x or the "
+                f"layer, or run under torch.autocast, where any dtype but float64 works)"
+            )
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., d_model] -> y [..., d_model]; sets aux_loss and stats (see the class docstring)."""
+        """x [..., d_model] -> y [..., d_model]; sets aux_loss and stats (see the class docstring).
+
+        x: floating point, of the parameters' dtype; under torch.autocast any float dtype but float64 (ValueError
+        otherwise, naming x: a mismatch would fail deep inside the experts' matmul).
+        """
         shape = self._check(x).shape
         x2d = x.reshape(-1, self.d_model)
         num_tokens, k, num_experts, d = x2d.shape[0], self.top_k, self.num_experts, self.d_model
@@ -491,7 +537,7 @@ class MoE(nn.Module):
         else:
             lse = torch.logsumexp(logits32, dim=-1)  # router_z_loss's, shared with the stats below
             z_loss = lse.pow(2).mean()
-            balance = load_balancing_loss(probs, indices[:, 0])
+            balance = _balance_loss(probs, indices[:, 0])
             self.aux_loss = self.balance_loss_coef * balance + self.z_loss_coef * z_loss
         with torch.no_grad():
             logits32, lse = logits32.detach(), lse.detach()

@@ -79,7 +79,7 @@ def test_results_file(tmp_path, monkeypatch):
 def test_results_path_from_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("ACCEL_PROFILE", raising=False)
     monkeypatch.setenv("ACCEL_RESULTS_PATH", str(tmp_path / "r.json"))
-    start("smoke", 0, quiet=True, style=False)
+    start("smoke", 0, quiet=True, style=False).results.metric("x", 1.0)
     assert (tmp_path / "r.json").exists()
 
 
@@ -141,3 +141,57 @@ def test_explorer_answers_and_runs():
     assert calls == [(3, 1.0)]
     with pytest.raises(ValueError, match=r"Invalid initial\['a'\]"):
         explorer({"a": [1]}, lambda a: {}, initial={"a": 5})
+
+
+def test_a_rerun_that_dies_early_leaves_the_previous_results_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("ACCEL_PROFILE", raising=False)
+    path = tmp_path / "r.json"
+    start("smoke", 0, results_path=path, quiet=True, style=False).results.metric("acc", 0.9)
+    previous = path.read_text()
+    rerun = start("smoke", 0, results_path=path, quiet=True, style=False)  # then the kernel dies
+    assert path.read_text() == previous
+    rerun.results.metric("acc", 0.8)  # the new run's first result replaces it
+    assert json.loads(path.read_text())["metrics"]["acc"]["value"] == 0.8
+
+
+@pytest.mark.parametrize("bad", [
+    lambda r: r.table("t", Table("T", ["path"], [[__import__("pathlib").Path("/tmp")]])),
+    lambda r: r.table("t", Table("T", ["values"], [[np.arange(3)]])),
+    lambda r: r.key_result("headline", np.arange(3), "paper"),
+    lambda r: r.key_result("headline", "this run", 0.5),
+    lambda r: r.metric("m", np.arange(3)),
+    lambda r: r.claim("c", "yes"),
+])
+def test_a_value_that_is_not_json_is_rejected_where_it_is_added(tmp_path, monkeypatch, bad):
+    monkeypatch.delenv("ACCEL_PROFILE", raising=False)
+    results = start("smoke", 0, results_path=tmp_path / "r.json", quiet=True, style=False).results
+    with pytest.raises(TypeError, match="Invalid"):
+        bad(results)
+    results.metric("later", 1.0)  # every later save still works
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["later"]["value"] == 1.0
+
+
+def test_a_claim_can_be_recorded_as_not_evaluated(tmp_path, monkeypatch):
+    monkeypatch.delenv("ACCEL_PROFILE", raising=False)
+    results = start("smoke", 0, results_path=tmp_path / "r.json", quiet=True, style=False).results
+    assert results.claim("c", None, "no setting qualified", compare=False) is None
+    assert json.loads((tmp_path / "r.json").read_text())["claims"]["c"] == {
+        "passed": None, "detail": "no setting qualified", "compare": False}
+
+
+def test_numpy_integer_seed_is_accepted():
+    assert start("smoke", np.int64(3), quiet=True, style=False).seed == 3
+
+
+def test_device_that_this_build_cannot_use_is_a_clear_error(monkeypatch):
+    from accel.book import session
+
+    monkeypatch.setenv("ACCEL_DEVICE", "nonsense")
+    with pytest.raises(ValueError, match="Invalid environment variable ACCEL_DEVICE: 'nonsense'"):
+        session.pick_device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("ACCEL_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="ACCEL_DEVICE: 'cuda'; this torch build .* sees no CUDA device"):
+            session.pick_device()
+    monkeypatch.setenv("ACCEL_DEVICE", "cpu")
+    assert session.pick_device() == torch.device("cpu")

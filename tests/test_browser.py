@@ -6,8 +6,9 @@ first slider of the chapter's explorer widget (``.accel-explorer``) and checks t
 (``.accel-explorer-readout``) changes.  A screenshot goes to ``build/browser/<notebook>.png`` (and the explorer
 alone to ``build/browser/<notebook>_explorer.png``).
 
-Chromium is Debian's (``/usr/bin/chromium``, apt-installed when missing and running as root); Playwright drives
-it, and never downloads a browser.  Missing Chromium, Playwright or notebook is a failure, never a skip.
+Chromium is Debian's (``/usr/bin/chromium``, installed by ``make setup`` when run as root); Playwright drives it, and
+never downloads a browser.  Missing Chromium, Playwright or notebook is a failure, never a skip.  The time limits
+below guard against a hang (a lab that never answers); they are generous so that a busy machine passes.
 
 ``ACCEL_BROWSER_NOTEBOOK=/path/to/some.ipynb`` points the test at another notebook (for development).
 """
@@ -49,9 +50,9 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 
-SERVER_START_S = 60
-RUN_ALL_S = 180
-READOUT_CHANGE_S = 30
+SERVER_START_S = 180
+RUN_ALL_S = 600
+READOUT_CHANGE_S = 60
 
 EXPLORER = ".accel-explorer"
 READOUT = ".accel-explorer-readout"
@@ -78,28 +79,11 @@ def notebook_under_test() -> Path:
 
 
 def ensure_chromium() -> Path:
-    """Return Debian's Chromium, apt-installing it when missing; fail (never skip) when that is impossible."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    log = ""
-    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (
-            ["apt-get", "update"],
-            ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-        ):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-            log += f"$ {' '.join(cmd)} (exit {proc.returncode})\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}\n"
-            if proc.returncode:
-                break
-    else:
-        log = "not root or no apt-get, so it was not installed automatically"
+    """Return Debian's Chromium; fail (never skip) in one line saying how to install it when it is missing. Installing
+    system packages is the Makefile's set-up step (``make setup`` as root), never this test's."""
     if not CHROMIUM.exists():
-        pytest.fail(
-            f"The browser test needs Debian's Chromium at {CHROMIUM} "
-            f"(`apt-get install --no-install-recommends chromium`).\n{log}",
-            pytrace=False,
-        )
+        pytest.fail(f"The browser test needs Debian's Chromium at {CHROMIUM}: as root, `make setup` installs it "
+                    "(or `apt-get install --no-install-recommends chromium`).", pytrace=False)
     return CHROMIUM
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
+import os
+import signal
 import socket
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+import time
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from _parts import killed_parts, start_part_owner, stop  # tests/_parts.py
 
 from accel.datasets import cache
 from accel.datasets.cache import ChecksumError, DownloadError, cache_dir, download, sha256sum
@@ -193,3 +198,122 @@ def test_atomic_folder_is_complete_or_absent(tmp_path):
         (tmp / "b.bin").write_bytes(b"new")
     assert sorted(p.name for p in target.iterdir()) == ["b.bin"]
     assert [p.name for p in tmp_path.iterdir()] == ["built"]  # no hidden leftovers
+
+
+# ---------------------------------------------------------------------------------------- reliability regressions
+
+
+class _DroppingHandler(BaseHTTPRequestHandler):
+    """Announces the whole payload, sends 5000 bytes of it, then drops the connection."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        self.wfile.write(PAYLOAD[:5000])
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def dropping_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _DroppingHandler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def test_a_dropped_connection_is_reported_as_incomplete_not_as_a_checksum_mismatch(dropping_server, cache_root):
+    url = f"{dropping_server}/data.bin"
+    with pytest.raises(DownloadError) as info:
+        download(url, "data.bin", PAYLOAD_SHA, progress=False, timeout=5)
+    assert not isinstance(info.value, ChecksumError)
+    message = str(info.value)
+    assert f"received 5000 of {len(PAYLOAD)} bytes" in message and url in message and "ACCEL_DATA_DIR" in message
+    _assert_empty(cache_root)  # no partial file
+
+
+@pytest.mark.parametrize("timeout", [0, -1, math.nan, math.inf, "60", True, None])
+def test_bad_timeout_argument(cache_root, timeout):
+    with pytest.raises(ValueError, match=rf"Invalid timeout: {timeout!r}; expected a finite number of seconds > 0"):
+        download("https://example.com/x", "x", PAYLOAD_SHA, timeout=timeout)
+
+
+@pytest.mark.parametrize("progress", ["no", 1, None])
+def test_bad_progress_argument(cache_root, progress):
+    with pytest.raises(ValueError, match=rf"Invalid progress: {progress!r}; expected True or False"):
+        download("https://example.com/x", "x", PAYLOAD_SHA, progress=progress)
+
+
+def _check_unwritable_message(error: BaseException, folder) -> None:
+    message = str(error)
+    assert isinstance(error, PermissionError) and str(folder) in message and "ACCEL_DATA_DIR" in message, message
+
+
+def test_an_unwritable_cache_folder_names_the_folder_and_the_variable(server, cache_root, monkeypatch):
+    def refuse(*args, **kwargs):  # what a read-only folder does (root ignores chmod, so simulate it)
+        raise PermissionError(13, "Permission denied")
+
+    cache_root.mkdir()
+    monkeypatch.setattr(cache.tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError) as info:
+        download(f"{server.url}/data.bin", "data.bin", PAYLOAD_SHA, progress=False)
+    _check_unwritable_message(info.value, cache_root)
+    monkeypatch.setattr(cache.Path, "mkdir", refuse)
+    with pytest.raises(PermissionError) as info:
+        download(f"{server.url}/data.bin", "sub/data.bin", PAYLOAD_SHA, root=cache_root, progress=False)
+    _check_unwritable_message(info.value, cache_root / "sub")
+    monkeypatch.setenv("ACCEL_DATA_DIR", str(cache_root / "elsewhere"))
+    with pytest.raises(PermissionError) as info:
+        cache_dir()
+    _check_unwritable_message(info.value, cache_root / "elsewhere")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a user that chmod can lock out")
+def test_a_read_only_cache_folder_names_the_folder_and_the_variable(server, cache_root):
+    cache_root.mkdir()
+    cache_root.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError) as info:
+            download(f"{server.url}/data.bin", "data.bin", PAYLOAD_SHA, progress=False)
+    finally:
+        cache_root.chmod(0o755)
+    _check_unwritable_message(info.value, cache_root)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_parts_of_killed_processes_are_removed_and_live_ones_kept(server, cache_root, sig):
+    cache_root.mkdir()
+    owner, live = start_part_owner(cache_root)  # a live process in the middle of its own build
+    try:
+        mine = cache.new_part(cache_root)  # this process's own
+        pid, dead = killed_parts(cache_root, sig)
+        host = "0" * 8 if cache._HOST != "0" * 8 else "1" * 8
+        other_host = cache_root / f".part-{pid}-{host}-abcd1234"  # same PID, another machine: not ours to judge
+        other_host.write_bytes(b"")
+        fresh_legacy, old_legacy = cache_root / ".part-abcd1234", cache_root / ".part-old12345"  # no owner in name
+        fresh_legacy.write_bytes(b"")
+        old_legacy.mkdir()
+        (old_legacy / "column.bin").write_bytes(b"x")
+        two_days_ago = time.time() - 2 * 24 * 3600
+        for path in (old_legacy / "column.bin", old_legacy):
+            os.utime(path, (two_days_ago, two_days_ago))
+
+        assert download(f"{server.url}/data.bin", "data.bin", PAYLOAD_SHA, progress=False).read_bytes() == PAYLOAD
+        assert not any(part.exists() for part in dead) and not old_legacy.exists()
+        assert all(part.exists() for part in [*live, mine, other_host, fresh_legacy])
+    finally:
+        stop(owner)
+
+
+def test_atomic_folder_removes_parts_of_killed_processes(tmp_path):
+    _, dead = killed_parts(tmp_path)
+    with cache.atomic_folder(tmp_path / "built") as tmp:
+        (tmp / "a.bin").write_bytes(b"a")
+    assert [p.name for p in tmp_path.iterdir()] == ["built"]

@@ -138,6 +138,13 @@ def test_load_via_http_then_offline(tmp_path):
 # ------------------------------------------------------------------------------------------------------- the errors
 
 
+@pytest.mark.parametrize("name", ["download", "progress"])
+def test_flags_must_be_bools(tmp_path, name):
+    with pytest.raises(ValueError, match=rf"Invalid {name}: 'no'; expected True or False"):
+        load_cifar(root=tmp_path, **{name: "no"})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_invalid_name():
     with pytest.raises(ValueError, match=r"Invalid name: 'cifar1000'; allowed: \('cifar10', 'cifar100'\)"):
         load_cifar("cifar1000")

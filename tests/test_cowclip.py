@@ -547,3 +547,85 @@ def test_cowclip_class_validation():
         CowClip(model, nn.Embedding(3, 2), batch_size=1024)  # not the model's table
     with pytest.raises(ValueError, match="Invalid embedding_params"):
         CowClip(model, model.embedding, batch_size=1024, embedding_params=[nn.Embedding(3, 2)])
+
+
+# ---------------------------------------------------------------------------------------- reliability regressions
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (-1, r"Invalid counts: -1 at row 2; expected"),
+        (float("nan"), r"Invalid counts: nan at row 2; expected"),
+        (float("inf"), r"Invalid counts: inf at row 2; expected"),
+    ],
+)
+def test_cowclip_rejects_negative_and_non_finite_counts(bad, match):
+    grad, weight = torch.ones(4, 2), torch.ones(4, 2)
+    counts = torch.tensor([1, 0, bad, 3], dtype=torch.float32 if isinstance(bad, float) else torch.long)
+    with pytest.raises(ValueError, match=match):
+        cowclip(grad, weight, counts)
+    for wrong in (torch.ones(4, dtype=torch.bool), torch.ones(4, dtype=torch.complex64)):
+        with pytest.raises(ValueError, match="Invalid counts"):
+            cowclip(grad, weight, wrong)
+
+
+def test_a_step_rejected_for_bad_ids_changes_nothing_and_a_retry_matches_a_clean_step():
+    ids, labels = _data(32)
+
+    def backward(model):
+        F.binary_cross_entropy_with_logits(model(ids), labels, reduction="sum").backward()
+
+    clean_model = _model()
+    clean = CowClip(clean_model, clean_model.embedding, batch_size=1024, l2=0.05, zeta=1e-4)
+    backward(clean_model)
+    clean_stats = clean.step(ids)
+
+    model = _model()
+    opt = CowClip(model, model.embedding, batch_size=1024, l2=0.05, zeta=1e-4)
+    backward(model)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    for bad_ids in (ids + ROWS, ids - ROWS, ids.float()):  # out of range above, below; not integers
+        with pytest.raises(ValueError, match="Invalid ids"):
+            opt.step(bad_ids)
+        for name, p in model.named_parameters():
+            assert torch.equal(p.grad, grads[name]), name  # no L2 term added, nothing clipped
+    assert opt.steps == 0
+    assert opt.step(ids) == clean_stats
+    for p, q in zip(model.parameters(), clean_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_step_without_the_clipped_tables_gradient_changes_nothing():
+    model = _model()
+    ids, labels = _data(32)
+    with torch.no_grad():
+        model.linear.weight.normal_()  # nonzero, so that an L2 term would show
+    opt = CowClip(model, model.embedding, batch_size=1024, l2=0.05)
+    F.binary_cross_entropy_with_logits(model(ids), labels).backward()
+    model.embedding.weight.grad = None
+    linear_grad = model.linear.weight.grad.clone()
+    with pytest.raises(RuntimeError, match="no gradient"):
+        opt.step(ids)
+    assert torch.equal(model.linear.weight.grad, linear_grad)
+
+
+@pytest.mark.parametrize("name, value", [("fused", "no"), ("fused", 0), ("return_rows", "yes"), ("clip", "no")])
+def test_cowclip_flags_must_be_bools(name, value):
+    model = _model()
+    with pytest.raises(ValueError, match=f"Invalid {name}: {value!r}; expected True or False"):
+        CowClip(model, model.embedding, batch_size=1024, **{name: value})
+
+
+def test_zero_grad_set_to_none_must_be_a_bool():
+    model = _model()
+    opt = CowClip(model, model.embedding, batch_size=1024)
+    with pytest.raises(ValueError, match="Invalid set_to_none: 'no'; expected True or False"):
+        opt.zero_grad(set_to_none="no")
+
+
+def test_clip_embedding_grad_return_rows_must_be_a_bool():
+    emb = nn.Embedding(5, 2)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="Invalid return_rows: 'no'; expected True or False"):
+        clip_embedding_grad_(emb, torch.tensor([1]), return_rows="no")

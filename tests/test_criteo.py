@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _parts import killed_parts, start_part_owner, stop  # tests/_parts.py
 
 from accel.datasets import criteo
 from accel.datasets.cache import ChecksumError
@@ -578,6 +579,9 @@ def test_defaults_say_how_to_get_the_data(tmp_path):
         ({"min_count": 0}, "Invalid min_count: 0"),
         ({"sha256": "abc"}, "Invalid sha256: 'abc'"),
         ({"sha256": "g" * 64}, "Invalid sha256: 'ggg"),
+        ({"download": "no"}, "Invalid download: 'no'; expected True or False"),
+        ({"progress": "yes"}, "Invalid progress: 'yes'; expected True or False"),
+        ({"verify": 1}, "Invalid verify: 1; expected True or False"),
     ],
 )
 def test_invalid_arguments(tmp_path, kwargs, message):
@@ -585,3 +589,19 @@ def test_invalid_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         load_criteo(tmp_path, **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_build_removes_what_a_killed_build_left_and_keeps_a_live_ones(tmp_path):
+    builds = tmp_path / "criteo"  # where builds make their .part-* folders (next to the finished ones)
+    builds.mkdir()
+    owner, live = start_part_owner(builds)
+    try:
+        _, dead = killed_parts(builds)  # as a build killed mid-way (SIGKILL) leaves its hidden folder
+        data = _criteo(tmp_path)
+        assert not any(part.exists() for part in dead)
+        assert all(part.exists() for part in live)
+        assert sorted(p.name for p in builds.iterdir() if not p.name.startswith(".part-")) == [
+            Path(data.metadata["folder"]).name
+        ]
+    finally:
+        stop(owner)

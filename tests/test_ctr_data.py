@@ -153,6 +153,47 @@ def test_spec_validation():
         SyntheticCTRSpec(rare_signal=-1)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"train_rows": 1.5}, "Invalid train_rows: 1.5; expected an int >= 1"),
+        ({"train_rows": 200.0}, "Invalid train_rows: 200.0; expected an int >= 1"),
+        ({"test_rows": True}, "Invalid test_rows: True; expected an int >= 1"),
+        ({"latent_dim": 0}, "Invalid latent_dim: 0; expected an int >= 1"),
+        ({"seed": -1}, "Invalid seed: -1; expected an int >= 0"),
+        ({"seed": 1.0}, "Invalid seed: 1.0; expected an int >= 0"),
+        ({"seed": "0"}, "Invalid seed: '0'; expected an int >= 0"),
+        ({"vocab_sizes": (10, 2.5)}, r"Invalid vocab_sizes: \(10, 2.5\); expected .* ints >= 2"),
+        ({"vocab_sizes": (10, True)}, r"Invalid vocab_sizes: \(10, True\); expected .* ints >= 2"),
+        ({"vocab_sizes": ()}, r"Invalid vocab_sizes: \(\); expected .* ints >= 2"),
+        ({"vocab_sizes": 10}, r"Invalid vocab_sizes: 10; expected .* ints >= 2"),
+        ({"zipf_exponent": "1.1"}, "Invalid zipf_exponent: '1.1'; expected a finite number > 0"),
+        ({"click_rate": float("nan")}, "Invalid click_rate: nan; expected a number in \\(0, 1\\)"),
+        ({"rare_count": float("inf")}, "Invalid rare_count: inf; expected a finite number >= 0"),
+        ({"high_frequency_only": "no"}, "Invalid high_frequency_only: 'no'; expected True or False"),
+    ],
+)
+def test_spec_rejects_wrong_types_and_ranges(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticCTRSpec(**kwargs)
+
+
+def test_spec_accepts_numpy_numbers_as_plain_python_ones():
+    spec = SyntheticCTRSpec(
+        vocab_sizes=(np.int64(30), 20), train_rows=np.int32(50), seed=np.int64(3), zipf_exponent=np.float64(1.1),
+        high_frequency_only=np.bool_(False),
+    )
+    plain = SyntheticCTRSpec(vocab_sizes=(30, 20), train_rows=50, seed=3, zipf_exponent=1.1)
+    assert spec == plain and spec.fingerprint() == plain.fingerprint()
+    assert type(spec.train_rows) is int and type(spec.vocab_sizes[0]) is int and type(spec.zipf_exponent) is float
+    assert SyntheticCTRSpec(vocab_sizes=[30, 20]).vocab_sizes == (30, 20)
+
+
+def test_make_synthetic_ctr_cache_files_must_be_a_bool(tmp_path):
+    with pytest.raises(ValueError, match="Invalid cache_files: 'no'; expected True or False"):
+        make_synthetic_ctr(SMALL, root=tmp_path, cache_files="no")
+
+
 def test_cache_is_reused_not_regenerated(tmp_path, monkeypatch):
     import accel.datasets.ctr as ctr
 

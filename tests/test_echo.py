@@ -280,6 +280,19 @@ def test_loader_validation(kwargs, name):
         echoing_loader(Indexed(4), **arguments)
 
 
+@pytest.mark.parametrize("name", ["drop_last", "pin_memory"])
+@pytest.mark.parametrize("value", ["no", "yes", 1, None])
+def test_loader_flags_must_be_bools(name, value):
+    arguments = dict(batch_size=2, factor=2, point="after_augment", **{name: value})
+    with pytest.raises(ValueError, match=rf"Invalid {name}: {value!r}; expected True or False"):
+        echoing_loader(Indexed(4), **arguments)
+
+
+def test_loader_accepts_numpy_bools():
+    loader = echoing_loader(Indexed(5), batch_size=2, factor=1, point="batch", drop_last=np.bool_(True))
+    assert len(loader) == len(list(loader)) == 2 and loader.stream.drop_last is True
+
+
 def test_loader_rejects_iterable_dataset():
     with pytest.raises(TypeError, match="map-style"):
         echoing_loader(iter(range(4)), batch_size=2, factor=2, point="batch")

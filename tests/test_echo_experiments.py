@@ -130,3 +130,29 @@ def test_stamped_collate_adds_the_process_clocks():
     assert x.shape == (2, 2) and y.tolist() == [1, 0]
     cpu, wall = clocks.tolist()
     assert clocks.dtype == torch.float64 and 0 < cpu <= time.process_time() and before <= wall <= time.perf_counter()
+
+
+def _law_row(R, e, ratio):
+    return {"R": R, "echo factor": e, "measured / modelled": ratio}
+
+
+def test_law_verdict_applies_the_floor_of_each_input_side():
+    assert chapter.law_verdict([_law_row(8.1, 2, 0.91), _law_row(2.1, 2, 0.86), _law_row(2.1, 3, 0.5)])[0] is True
+    passed, detail = chapter.law_verdict([_law_row(8.1, 2, 0.89), _law_row(2.1, 2, 0.95)])
+    assert passed is False and "R >= 4: worst 0.89" in detail
+    assert chapter.law_verdict([_law_row(2.0, 1, 0.84)])[0] is False
+    assert chapter.law_floor(4.0) == 0.90 and chapter.law_floor(3.9) == 0.85
+
+
+def test_law_verdict_is_not_evaluated_without_a_setting_below_R():
+    """On a slow or busy machine the calibration can miss every e <= R: the claim is not evaluated, nothing crashes."""
+    passed, why = chapter.law_verdict([_law_row(0.8, 1, 0.7), _law_row(0.9, 2, 0.6)])
+    assert passed is None and "no setting had e <= R" in why and "0.8" in why
+
+
+def test_calibration_stays_finite_when_a_busy_machine_flattens_the_probes(monkeypatch):
+    """Load can make the heavy probe read as fast as the light one; the fitted effort must stay modest, not explode."""
+    data, _, _ = small_data(n=64)
+    monkeypatch.setattr(chapter, "upstream_seconds", lambda dataset, cfg, batches, seed: 0.01)
+    work = chapter.calibrate_work(chapter.config("smoke"), data, t_target=0.03)
+    assert 1 <= work <= 100 * 200  # three corrections at a tenth of the heavy probe's slope; a flat fit asked for 6e7

@@ -327,6 +327,70 @@ def test_load_state_dict_rejects_other_settings():
         InfoBatch(99, 10, 0.5).load_state_dict(state)
 
 
+def _snapshot(sampler: InfoBatch) -> tuple:
+    state = sampler.state_dict()
+    return state, list(sampler), sampler.weights(torch.tensor(list(sampler)))
+
+
+def _assert_unchanged(sampler: InfoBatch, snapshot: tuple) -> None:
+    state, order, weights = snapshot
+    after = sampler.state_dict()
+    assert after.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(after[key], value) if isinstance(value, torch.Tensor) else after[key] == value, key
+    assert list(sampler) == order and torch.equal(sampler.weights(torch.tensor(order)), weights)
+
+
+def test_load_state_dict_rejects_missing_keys_and_leaves_the_sampler_unchanged():
+    sampler = _trained(torch.arange(10.0))
+    before = _snapshot(sampler)
+    with pytest.raises(ValueError, match=r"Invalid state: missing keys \['delta', 'epoch', .*'weights'\]"):
+        sampler.load_state_dict({})
+    state = sampler.state_dict()
+    del state["scores"]
+    with pytest.raises(ValueError, match=r"Invalid state: missing keys \['scores'\]"):
+        sampler.load_state_dict(state)
+    with pytest.raises(TypeError, match=r"Invalid state: list; expected a dict"):
+        sampler.load_state_dict([])
+    _assert_unchanged(sampler, before)
+
+
+NAN_LAST, INF_LAST, ZERO_LAST = (torch.tensor([1.0] * 9 + [bad]) for bad in (math.nan, math.inf, 0.0))
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("scores", torch.ones(5), r"\['scores'\]: shape \(5,\), dtype torch.float32; expected .* shape \(10,\)"),
+        ("scores", NAN_LAST, r"\['scores'\]: nan at index 9; expected finite entries"),
+        ("scores", INF_LAST, r"\['scores'\]: inf at index 9; expected finite entries"),
+        ("scores", torch.ones(10, dtype=torch.long), r"\['scores'\]: shape \(10,\), dtype torch.int64; expected"),
+        ("scores", [1.0] * 10, r"\['scores'\]: \[1.0, .*\]; expected a float tensor"),
+        ("weights", torch.ones(5), r"\['weights'\]: shape \(5,\), dtype torch.float32; expected a float tensor"),
+        ("weights", ZERO_LAST, r"\['weights'\]: 0.0 at index 9; expected finite and > 0 entries"),
+        ("order", torch.tensor([0, 1, 10]), r"\['order'\]: values in \[0, 10\]; expected distinct .* in \[0, 9\]"),
+        ("order", torch.tensor([0, 1, 1]), r"\['order'\]: 2 distinct of 3 entries; expected distinct"),
+        ("order", torch.tensor([], dtype=torch.long), r"\['order'\]: shape \(0,\), dtype torch.int64; expected"),
+        ("order", torch.tensor([0.0, 1.0]), r"\['order'\]: shape \(2,\), dtype torch.float32; expected"),
+        ("epoch", -1, r"\['epoch'\]: -1; expected an int >= 0"),
+        ("epoch", 1.5, r"\['epoch'\]: 1.5; expected an int >= 0"),
+        ("history", [{"epoch": 0}], r"\['history'\]: \[\{'epoch': 0\}\]; expected a list of"),
+        ("history", None, r"\['history'\]: None; expected a list of"),
+    ],
+)
+def test_load_state_dict_rejects_inconsistent_fields_and_leaves_the_sampler_unchanged(key, value, match):
+    saved_from = _trained(torch.arange(10.0))
+    saved_from.set_epoch(1)
+    saved = saved_from.state_dict()
+    sampler = _trained(torch.arange(10.0, 0.0, -1.0))  # same settings, other scores and epoch
+    before = _snapshot(sampler)
+    with pytest.raises(ValueError, match=r"Invalid state" + match):
+        sampler.load_state_dict({**saved, key: value})
+    _assert_unchanged(sampler, before)
+    sampler.load_state_dict(saved)  # the valid state still loads
+    assert torch.equal(sampler.scores, saved["scores"])
+
+
 # --------------------------------------------------------------------------------- ledger, dataset, loader
 
 

@@ -340,6 +340,8 @@ def test_expert_dropout_only_in_training():
         ({"expert_dropout": 1.0}, "expert_dropout", "0 <= expert_dropout < 1"),
         ({"router_dtype": torch.int32}, "router_dtype", "one of"),
         ({"generator": 3}, "generator", "a torch.Generator or None"),
+        ({"bias": "no"}, "bias", "True or False"),
+        ({"bias": 1}, "bias", "True or False"),
     ],
 )
 def test_invalid_arguments_name_argument_value_and_range(kwargs, name, expected):
@@ -352,14 +354,58 @@ def test_invalid_arguments_name_argument_value_and_range(kwargs, name, expected)
 
 def test_invalid_inputs():
     moe = MoE(8, 16, 4)
-    with pytest.raises(ValueError, match=r"Invalid input: shape \(3, 7\); expected a float tensor \[\.\.\., 8\]"):
+    with pytest.raises(ValueError, match=r"Invalid x: shape \(3, 7\); expected a float tensor \[\.\.\., 8\]"):
         moe(torch.zeros(3, 7))
-    with pytest.raises(ValueError, match=r"Invalid input: shape \(2, 3, 8\); expected a float tensor \[T, 8\]"):
+    with pytest.raises(ValueError, match=r"Invalid x: shape \(2, 3, 8\); expected a float tensor \[T, 8\]"):
         moe.route(torch.zeros(2, 3, 8))
     with pytest.raises(ValueError, match=r"Invalid expert index: 4; expected an int in \[0, 3\]"):
         moe.expert(4, torch.zeros(2, 8))
     with pytest.raises(ValueError, match=r"Invalid top1_index: \(3,\); expected an integer tensor of shape \(2,\)"):
         load_balancing_loss(torch.full((2, 4), 0.25), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "top1_index, match",
+    [
+        (torch.tensor([0, 4]), r"Invalid top1_index: values in \[0, 4\]; expected expert indices in \[0, 3\]"),
+        (torch.tensor([-1, 2]), r"Invalid top1_index: values in \[-1, 2\]; expected expert indices in \[0, 3\]"),
+        (torch.tensor([True, False]), r"Invalid top1_index: \(2,\); expected an integer tensor"),
+    ],
+)
+def test_load_balancing_loss_rejects_expert_indices_out_of_range(top1_index, match):
+    with pytest.raises(ValueError, match=match):
+        load_balancing_loss(torch.full((2, 4), 0.25), top1_index)
+
+
+def test_load_balancing_loss_rejects_zero_tokens_and_bad_probs():
+    with pytest.raises(ValueError, match=r"Invalid probs: shape \(0, 4\); expected at least one token"):
+        load_balancing_loss(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"Invalid probs: shape \(2, 0\); expected at least one expert"):
+        load_balancing_loss(torch.zeros(2, 0), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"Invalid probs: dtype torch.int64; expected a float tensor"):
+        load_balancing_loss(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
+def test_moe_rejects_integer_input_naming_x():
+    moe = MoE(8, 16, 4)
+    for call in (moe, moe.route, lambda x: moe.expert(0, x)):
+        with pytest.raises(ValueError, match=r"Invalid x: dtype torch.int64; expected a floating-point tensor"):
+            call(torch.zeros(3, 8, dtype=torch.long))
+
+
+def test_moe_rejects_a_float_dtype_other_than_its_parameters_outside_autocast():
+    moe = MoE(8, 16, 4)
+    x = _randn(3, 8)
+    for wrong in (x.double(), x.bfloat16()):
+        for call in (moe, lambda x: moe.expert(0, x)):
+            with pytest.raises(ValueError, match=rf"Invalid x: dtype {wrong.dtype}; expected torch.float32"):
+                call(wrong)
+    assert moe.route(x.double())[0].shape == (3, 2)  # routing casts to router_dtype: any float dtype is fine
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: a bf16 input meets float32 weights
+        assert moe(x.bfloat16()).dtype == torch.bfloat16
+        assert moe.expert(0, x.bfloat16()).dtype == torch.bfloat16
+        with pytest.raises(ValueError, match=r"Invalid x: dtype torch.float64; expected torch.float32"):
+            moe(x.double())  # autocast never casts float64
 
 
 # ------------------------------------------------------------------------------------------------------- stats

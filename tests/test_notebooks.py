@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 
 from accel.book.regression import compare, load, reference_path, run_smoke
+from accel.book.verify import checked_cell_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-SMOKE_BUDGET_S = 60  # DESIGN.md: smoke takes seconds on one core; a chapter past a minute has outgrown it
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
+def smoke_results(tmp_path_factory, smoke_timings):
+    """Each chapter's smoke results, run once per module; its wall time is reported in the summary, not asserted (a
+    busy machine is slower, not wrong)."""
     cache = {}
 
     def run(notebook: Path) -> dict:
         if notebook not in cache:
             cache[notebook] = run_smoke(notebook, tmp_path_factory.mktemp(notebook.stem))
+            smoke_timings.append((notebook.stem, cache[notebook]["wall_time_s"]))
         return cache[notebook]
 
     return run
@@ -35,7 +39,6 @@ def test_smoke_matches_reference(notebook, smoke_results):
     results = smoke_results(notebook)
     assert results["profile"] == "smoke"
     assert results["notebook"] == notebook.stem, "start(..., notebook=...) should name the chapter's file"
-    assert results["wall_time_s"] < SMOKE_BUDGET_S, f"smoke run took {results['wall_time_s']} s"
     path = reference_path(notebook.stem)
     assert path.exists(), (
         f"{notebook.name} has no smoke reference at {path.relative_to(ROOT)}; create it with `make references` "
@@ -66,3 +69,46 @@ def test_perturbed_reference_is_caught(notebook, smoke_results):
         bad = copy.deepcopy(reference)
         bad["claims"][name] = not passed
         assert compare(results, bad)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_checked_cells_print_plain_text_only(notebook):
+    """nbval compares a checked cell verbatim on any CPU: printed text only, rounded to what kernels reproduce."""
+    problems = checked_cell_problems(json.loads(notebook.read_text()))
+    assert not problems, "\n".join(problems)
+
+
+def test_checked_cell_rule_catches_a_rich_display_and_stderr():
+    def cell(*outputs):
+        return {"cell_type": "code", "source": ["# NBVAL_CHECK_OUTPUT\n", "table"], "outputs": list(outputs)}
+
+    printed = {"output_type": "stream", "name": "stdout", "text": ["AUC 0.80\n"]}
+    shown = {"output_type": "execute_result", "data": {"text/plain": ["Table(...)"], "text/html": ["<table>"]}}
+    bar = {"output_type": "stream", "name": "stderr", "text": ["  0%|"]}
+    assert checked_cell_problems({"cells": [cell(printed)]}) == []
+    problems = checked_cell_problems({"cells": [cell(printed, shown), cell(bar)]})
+    assert len(problems) == 2 and "cell 0" in problems[0] and "stderr" in problems[1]
+    unchecked = {"cell_type": "code", "source": ["table"], "outputs": [shown]}
+    assert checked_cell_problems({"cells": [unchecked]}) == []
+
+
+SPREAD = ROOT / "data" / "results" / "smoke_spread.json"
+MARGIN = 1.5  # a declared tolerance must cover the measured cross-kernel spread with this much room
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_declared_tolerances_cover_the_measured_cross_kernel_spread(notebook):
+    """Every compared smoke metric was measured under each CPU kernel (and one thread) by `make spread`, and its
+    tolerance covers that spread with room; no compared claim flips between kernels at one seed."""
+    measured = json.loads(SPREAD.read_text())["chapters"].get(notebook.stem)
+    assert measured, f"{notebook.stem}: no measured spread; run `make spread`"
+    reference = load(reference_path(notebook.stem))
+    for name, metric in reference["metrics"].items():
+        if metric["abs"] is None and metric["rel"] is None:
+            continue
+        assert name in measured["metrics"], f"{name}: no measured spread; run `make spread` for {notebook.name}"
+        spread = measured["metrics"][name]["kernel_spread"] or 0.0
+        allowed = max(metric["abs"] or 0.0, (metric["rel"] or 0.0) * abs(metric["value"]))
+        assert allowed >= MARGIN * spread, f"{name}: tolerance {allowed:.4g} < {MARGIN} x measured spread {spread:.4g}"
+    flipping = [n for n in measured["flipping_claims"] if reference["claims"].get(n) is not None]
+    assert not flipping, f"claims compared by outcome that flip between kernels: {flipping}"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _parts import killed_parts  # tests/_parts.py
 
 from accel.datasets import text
 from accel.datasets.cache import ChecksumError
@@ -334,3 +335,18 @@ def test_decode():
     assert decode(torch.tensor([104, 105], dtype=torch.uint8)) == "hi"
     assert decode(np.array([[0xC2, 0xB0]], dtype=np.uint8)) == "°"
     assert decode(b"\xff") == "\ufffd"
+
+
+def test_enwik8_removes_parts_of_a_killed_download_or_extraction(tmp_path):
+    _, dead = killed_parts(tmp_path)  # a zip download or member extraction killed mid-way leaves a .part-* file
+    payload = MINI.read_bytes()
+    load_enwik8(url=MINI.as_uri(), sha256=_sha(payload), root=tmp_path, progress=False)
+    assert not any(part.exists() for part in dead)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".part-")]
+
+
+@pytest.mark.parametrize("name", ["download", "progress"])
+def test_enwik8_flags_must_be_bools(tmp_path, name):
+    with pytest.raises(ValueError, match=rf"Invalid {name}: 'no'; expected True or False"):
+        load_enwik8(root=tmp_path, **{name: "no"})
+    assert list(tmp_path.iterdir()) == []

@@ -105,3 +105,12 @@ def test_lever_table_uses_the_measured_shares():
     rows = {r["lever"].split()[0]: r for r in chapter.lever_table(shares)}
     assert rows["Data"]["share p"] == 0.5 and rows["Data"]["bound at s"] == pytest.approx(4 / 3)
     assert rows["ST-MoE"]["share p"] == pytest.approx(0.4)
+
+
+def test_calibration_stays_finite_when_a_busy_machine_flattens_the_probes(monkeypatch):
+    """Load can make the heavy probe read as fast as the light one; the fitted effort must stay modest, not explode."""
+    cfg = chapter.config("smoke")
+    clock = iter(float(i) for i in range(10**6))  # every pass takes exactly 1 s, whatever the work
+    monkeypatch.setattr(chapter.time, "perf_counter", lambda: next(clock))
+    work = chapter._estimate_work(cfg, t_target=2.0 * cfg.batch_size / max(8, min(cfg.batch_size, 64)), seed=0)
+    assert 1 <= work <= 10 * chapter.PROBE_WORK

@@ -86,10 +86,12 @@ def summary(rows: list[tuple[str, float, dict]]) -> str:
         for entry in results.get("key_results", []):
             lines.append(f"  {entry['label']}")
             lines.append(textwrap.indent(f"this run: {entry['this_run']}\npaper:    {entry['paper']}", "    "))
-        failed = [n for n, c in results.get("claims", {}).items() if not c["passed"]]
-        checked = len(results.get("claims", {}))
-        held = f"  claims held: {checked - len(failed)}/{checked}"
-        lines.append(held + (f" (not: {', '.join(failed)})" if failed else ""))
+        claims = results.get("claims", {})
+        failed = [n for n, c in claims.items() if c["passed"] is False]
+        unevaluated = [n for n, c in claims.items() if c["passed"] is None]
+        checked = len(claims) - len(unevaluated)
+        held = f"  claims held: {checked - len(failed)}/{checked}" + (f" (not: {', '.join(failed)})" if failed else "")
+        lines.append(held + (f"; not evaluated: {', '.join(unevaluated)}" if unevaluated else ""))
     return "\n".join(lines)
 
 

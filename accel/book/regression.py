@@ -101,8 +101,9 @@ def diff_references(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
     return lines
 
 
-def run_smoke(notebook: Path, out_dir: Path) -> dict[str, Any]:
-    """Execute ``notebook`` in the smoke profile (a fresh kernel, ACCEL_PROFILE ignored) and return its results."""
+def run_smoke(notebook: Path, out_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """Execute ``notebook`` in the smoke profile (a fresh kernel, ACCEL_PROFILE ignored) and return its results.
+    The references come from ``seed=0``; other seeds measure how far a seed-driven metric moves (accel.book.spread)."""
     import os
 
     import papermill
@@ -114,7 +115,7 @@ def run_smoke(notebook: Path, out_dir: Path) -> dict[str, Any]:
     try:
         papermill.execute_notebook(
             str(notebook), str(out_dir / notebook.name), kernel_name="python3", cwd=str(notebook.parent),
-            parameters={"PROFILE": "smoke", "RESULTS_PATH": str(results_path)}, progress_bar=False,
+            parameters={"PROFILE": "smoke", "SEED": seed, "RESULTS_PATH": str(results_path)}, progress_bar=False,
         )
     finally:
         if saved is not None:

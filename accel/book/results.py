@@ -5,11 +5,16 @@ Schema (tests/reference/*.smoke.json compare against ``metrics``, ``tables`` and
     {"notebook", "profile", "device", "versions", "git_commit", "seed", "started", "wall_time_s",
      "metrics": {name: {"value": float, "abs": float|None, "rel": float|None, "unit": str}},
      "tables":  {name: {"title", "columns": [...], "rows": [[...]], "note"}},
-     "claims":  {name: {"passed": bool, "detail": str}},
+     "claims":  {name: {"passed": bool|None, "detail": str, "compare": bool}},
      "key_results": [{"label", "this_run", "paper"}]}
 
 ``abs``/``rel`` are the tolerances the chapter declares for its smoke regression: a metric that depends on timing gets
-a wide one, a metric that depends only on seeds a tight one, and None means "not compared".
+a wide one, a metric that depends only on seeds a tight one, and None means "not compared". A claim's ``passed`` is
+None when the run could not evaluate it (its detail says why).
+
+The file is first written when the run records something, so re-running a chapter that dies early leaves the previous
+run's file intact; every value is checked to be JSON-writable where it is added, so one bad value fails at the line that
+added it instead of breaking every later save.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .tables import Table
 
@@ -57,6 +64,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _checked(value: Any, what: str) -> Any:
+    """``value`` in its JSON form, or TypeError naming ``what`` when it cannot be written as JSON."""
+    try:
+        converted = _jsonable(value)
+        json.dumps(converted)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"Invalid {what}: it holds a value that cannot be written to the results file as JSON "
+                        f"({error}); use numbers, strings, None, lists or dicts of them") from None
+    return converted
+
+
 class Results:
     """Collects a chapter's results and rewrites its JSON file (atomically) after every record."""
 
@@ -78,7 +96,6 @@ class Results:
             "claims": {},
             "key_results": [],
         }
-        self.save()
 
     def metric(self, name: str, value: float, *, abs: float | None = None, rel: float | None = None,
                unit: str = "") -> float:
@@ -86,27 +103,39 @@ class Results:
         for arg, tol in (("abs", abs), ("rel", rel)):
             if tol is not None and not tol >= 0:
                 raise ValueError(f"Invalid {arg} tolerance for metric {name!r}: {tol!r}; expected >= 0 or None")
-        self.data["metrics"][name] = {"value": _jsonable(float(value)), "abs": abs, "rel": rel, "unit": unit}
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"Invalid value for metric {name!r}: {value!r}; expected one number") from None
+        self.data["metrics"][name] = {"value": _jsonable(number), "abs": abs, "rel": rel, "unit": str(unit)}
         self.save()
         return value
 
     def table(self, name: str, table: Table) -> Table:
         """Record a table (usually a paper-vs-this-run comparison) and return it for display."""
-        self.data["tables"][name] = table.to_json()
+        self.data["tables"][name] = _checked(table.to_json(), f"table {name!r}")
         self.save()
         return table
 
-    def claim(self, name: str, passed: bool, detail: str = "", *, compare: bool = True) -> bool:
+    def claim(self, name: str, passed: bool | None, detail: str = "", *, compare: bool = True) -> bool | None:
         """Record whether one of the paper's claims held in this run, with the numbers that decided it.
 
-        ``compare=False`` for a claim that rests on wall-clock timings: the smoke regression then checks that it was
-        evaluated, not its outcome (a loaded CI machine may flip it; ``make verify`` judges it at full size)."""
-        self.data["claims"][name] = {"passed": bool(passed), "detail": detail, "compare": compare}
+        ``passed=None``: the run could not evaluate the claim; ``detail`` says why. ``compare=False`` for a claim that
+        rests on wall-clock timings: the smoke regression then checks that it was recorded, not its outcome (a loaded
+        CI machine may flip it; ``make verify`` judges it at full size)."""
+        if passed is not None and not isinstance(passed, (bool, np.bool_)):
+            raise TypeError(f"Invalid passed for claim {name!r}: {passed!r}; expected True, False or None")
+        outcome = None if passed is None else bool(passed)
+        self.data["claims"][name] = {"passed": outcome, "detail": str(detail), "compare": bool(compare)}
         self.save()
-        return bool(passed)
+        return outcome
 
     def key_result(self, label: str, this_run: str, paper: str) -> None:
         """The line ``make book`` prints for this chapter: what was measured here beside the paper's number."""
+        for arg, text in (("label", label), ("this_run", this_run), ("paper", paper)):
+            if not isinstance(text, str):
+                raise TypeError(f"Invalid {arg} for key result {label!r}: {text!r}; expected a string (format numbers "
+                                "into it)")
         entries = [e for e in self.data["key_results"] if e["label"] != label]
         self.data["key_results"] = entries + [{"label": label, "this_run": this_run, "paper": paper}]
         self.save()

@@ -35,9 +35,25 @@ def resolve_profile(profile: str = "auto") -> str:
 
 
 def pick_device() -> torch.device:
-    """CUDA when present, else CPU; ``ACCEL_DEVICE`` (e.g. ``cpu``) overrides."""
-    name = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """CUDA when present, else CPU; ``ACCEL_DEVICE`` (e.g. ``cpu``, ``cuda:1``) overrides, and must name a device this
+    torch build can use."""
+    requested = os.environ.get(DEVICE_ENV)
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"Invalid environment variable {DEVICE_ENV}: {requested!r}; expected a torch device such as "
+                         "'cpu' or 'cuda'") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"Invalid environment variable {DEVICE_ENV}: {requested!r}; this torch build "
+                             f"({torch.__version__}) sees no CUDA device; unset it or use 'cpu'")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"Invalid environment variable {DEVICE_ENV}: {requested!r}; CUDA devices here: 0 to "
+                             f"{count - 1}")
+    return device
 
 
 def describe_device(device: torch.device) -> str:
@@ -52,6 +68,7 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "accel": accel.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector kernels in use (ATEN_CPU_CAPABILITY)
     }
 
 
@@ -102,11 +119,13 @@ def start(
         seed: the root of every generator the chapter uses (``Book.generator``/``Book.rng``); global RNGs untouched.
         notebook: the chapter's name, written to the results file.
         results_path: where the results JSON goes (papermill injects ``RESULTS_PATH``); if None, ``ACCEL_RESULTS_PATH``;
-            if neither, results are kept in memory only.
+            if neither, results are kept in memory only. An existing file there is replaced only once this run
+            records its first result.
         style: apply the book's plotting style.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"Invalid seed: {seed!r}; expected a non-negative integer")
+    seed = int(seed)
     resolved = resolve_profile(profile)
     device = pick_device()
     results_path = results_path or os.environ.get(RESULTS_ENV)

@@ -1,7 +1,10 @@
 """``make verify`` (second half): nbval on each committed notebook, in the profile that produced its outputs.
 
-Only cells marked ``# NBVAL_CHECK_OUTPUT`` are compared (``--nbval-lax``): they print rounded numbers that the seeds
-fix. The profile is read from the notebook's metadata (``accel.profile``, written by ``make outputs``).
+Only cells marked ``# NBVAL_CHECK_OUTPUT`` are compared (``--nbval-lax``), verbatim, on whatever CPU runs the check.
+So a checked cell prints plain text only (no rich display: a table's HTML or full-precision repr would differ in the
+last digits between the floating-point kernels of two machines; no stderr: progress bars), and rounds each number to
+what reproduces across kernels (data/results/cpu_spread.json). ``checked_cell_problems`` enforces the first part. The
+profile is read from the notebook's metadata (``accel.profile``, written by ``make outputs``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,23 @@ import subprocess
 import sys
 
 from .build import chapters
+
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def checked_cell_problems(notebook: dict) -> list[str]:
+    """Every way a committed notebook's checked cells break the rule above: outputs other than stdout text."""
+    problems = []
+    for index, cell in enumerate(notebook.get("cells", [])):
+        if cell.get("cell_type") != "code" or CHECK_MARK not in "".join(cell.get("source", "")):
+            continue
+        for output in cell.get("outputs", []):
+            kind = output.get("output_type")
+            if kind == "stream" and output.get("name") == "stdout":
+                continue
+            what = f"{kind} ({output.get('name')})" if kind == "stream" else f"{kind} {sorted(output.get('data', {}))}"
+            problems.append(f"cell {index}: a checked cell shows {what}; print rounded text instead")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:

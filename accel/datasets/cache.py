@@ -9,18 +9,33 @@ Contract of :func:`download`:
 * A cached file whose SHA-256 does *not* match is never deleted (the user may have put it there):
   :class:`ChecksumError` says where it is and asks for it to be removed.
 * Otherwise the file is streamed into a hidden ``.part-*`` file next to the target, verified, and moved
-  into place with :func:`os.replace`. On any failure (network, HTTP, timeout, checksum, Ctrl-C) the
-  partial file is removed, so the target path either holds the verified file or nothing.
+  into place with :func:`os.replace`. On any failure (network, HTTP, timeout, a connection dropped before
+  Content-Length bytes arrived, checksum, Ctrl-C) the partial file is removed, so the target path either holds
+  the verified file or nothing.
+* A cache folder that cannot be written raises ``PermissionError`` naming the folder and ``$ACCEL_DATA_DIR``.
+
+Work files and folders (:func:`new_part`, used by every writer in accel.datasets) are named
+``.part-<pid>-<host>-<random>``: the creating process's PID and a tag of its host name. A process killed by
+SIGKILL or SIGTERM (or a power cut) cannot remove its part, so each new part first removes the stale ones in its
+folder (:func:`remove_stale_parts`): those of this host whose PID no longer runs. A part of a live process, or of
+another host sharing the folder, is never touched (a dead PID since reused keeps its part until that process ends
+too). Parts named ``.part-*`` by older versions, with no owner in the name, are removed once nothing in them has
+changed for :data:`LEGACY_PART_AGE` seconds (a day).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
+import math
+import numbers
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,14 +43,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["CACHE_ENV", "ChecksumError", "DownloadError", "atomic_folder", "cache_dir", "download", "sha256sum"]
+__all__ = [
+    "CACHE_ENV",
+    "ChecksumError",
+    "DownloadError",
+    "atomic_folder",
+    "cache_dir",
+    "download",
+    "new_part",
+    "remove_stale_parts",
+    "sha256sum",
+]
 
 CACHE_ENV = "ACCEL_DATA_DIR"
 _CHUNK = 1 << 20
 _SCHEMES = ("http", "https", "file")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+LEGACY_PART_AGE = 24 * 3600  # seconds: a .part-* without an owner in its name is stale when unchanged this long
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_OWNED_PART = re.compile(r"\.part-(\d+)-([0-9a-f]{8})-")
 
 
 class DownloadError(RuntimeError):
@@ -46,6 +75,28 @@ class ChecksumError(DownloadError):
     """A downloaded or cached file does not have the expected SHA-256."""
 
 
+def check_bool(name: str, value) -> bool:
+    """value as a bool, or ValueError naming the argument: "no" or 1 must not pass for True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Invalid {name}: {value!r}; expected True or False")
+    return bool(value)
+
+
+@contextmanager
+def _writing_to(folder: Path) -> Iterator[None]:
+    """Turn a refusal to write in folder (no permission, read-only file system) into a PermissionError that names
+    the folder and the variable that moves the cache; the raw one says neither."""
+    try:
+        yield
+    except OSError as exc:
+        if not (isinstance(exc, PermissionError) or exc.errno == errno.EROFS):
+            raise
+        raise PermissionError(
+            f"Cannot write to the cache folder {folder} ({exc.strerror or exc}). Make it writable, or set "
+            f"{CACHE_ENV} to a writable folder to move the cache (or pass root=...)."
+        ) from exc
+
+
 def cache_dir() -> Path:
     """The folder downloads go to by default, created on demand."""
     if env := os.environ.get(CACHE_ENV):
@@ -54,8 +105,72 @@ def cache_dir() -> Path:
         repo = Path(__file__).resolve().parents[2]
         in_checkout = (repo / "pyproject.toml").is_file() and (repo / "data").is_dir()
         path = repo / "data" / "cache" if in_checkout else Path.home() / ".cache" / "accel"
-    path.mkdir(parents=True, exist_ok=True)
+    with _writing_to(path):
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _running(pid: int) -> bool:
+    """Whether process pid exists on this machine (True when we cannot tell)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would signal the process on Windows: never judge there
+    try:
+        os.kill(pid, 0)  # signal 0: an existence check, nothing is sent
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # e.g. PermissionError: it exists, under another user
+    return True
+
+
+def _last_change(path: Path) -> float:
+    """The newest mtime of path and, for a folder, of its direct entries."""
+    times = [path.lstat().st_mtime]
+    if path.is_dir() and not path.is_symlink():
+        times += [entry.stat(follow_symlinks=False).st_mtime for entry in os.scandir(path)]
+    return max(times)
+
+
+def remove_stale_parts(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the ``.part-*`` files and folders in folder that no live process owns (module docstring); returns
+    them. Safe to call at any time: it never touches a part whose owner may still run; errors are ignored."""
+    removed = []
+    try:
+        entries = [Path(entry.path) for entry in os.scandir(folder) if entry.name.startswith(".part-")]
+    except OSError:
+        return removed
+    for path in entries:
+        try:
+            owned = _OWNED_PART.match(path.name)
+            if owned:
+                stale = owned[2] == _HOST and not _running(int(owned[1]))
+            else:
+                stale = time.time() - _last_change(path) > LEGACY_PART_AGE
+            if not stale:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+        except OSError:
+            pass  # gone already, or not ours to remove: leave it
+    return removed
+
+
+def new_part(folder: str | os.PathLike[str], *, directory: bool = False, suffix: str = "") -> Path:
+    """A new empty hidden work file (or folder) in folder, ``.part-<pid>-<host>-<random><suffix>``, to be filled
+    and then renamed into place (or removed on failure). Creates folder, and first removes its stale parts."""
+    folder = Path(folder)
+    prefix = f".part-{os.getpid()}-{_HOST}-"
+    with _writing_to(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(folder)
+        if directory:
+            return Path(tempfile.mkdtemp(dir=folder, prefix=prefix, suffix=suffix))
+        handle, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+        os.close(handle)
+        return Path(name)
 
 
 @contextmanager
@@ -67,12 +182,11 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     first. If another process renames its own complete build into place first, that one is kept and ours dropped.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".part-"))
+    tmp = new_part(target.parent, directory=True)
     try:
         yield tmp
         if target.exists():
-            stale = Path(tempfile.mkdtemp(dir=target.parent, prefix=".stale-"))
+            stale = new_part(target.parent, directory=True)  # a part too: removed later if we die before rmtree
             try:
                 os.rename(target, stale / "old")
             except OSError:
@@ -114,8 +228,10 @@ def download(
 ) -> Path:
     """Return the path of ``filename`` in the cache, downloading it from ``url`` first if needed.
 
+    timeout: seconds (a finite number > 0) that connecting or any single read may take.
     Raises ``ValueError`` for a malformed argument, :class:`ChecksumError` when the cached or downloaded
-    file has the wrong SHA-256, and :class:`DownloadError` when the download fails.
+    file has the wrong SHA-256, :class:`DownloadError` when the download fails (including a connection dropped
+    before all of its Content-Length arrived), and ``PermissionError`` when the cache folder is not writable.
     """
     if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
         raise ValueError(f"sha256 must be a string of 64 hex digits, got {sha256!r}")
@@ -125,6 +241,10 @@ def download(
     rel = Path(filename)
     if not filename or rel.is_absolute() or ".." in rel.parts:
         raise ValueError(f"filename must be a relative path inside the cache folder, got {filename!r}")
+    real = isinstance(timeout, numbers.Real) and not isinstance(timeout, bool)
+    if not (real and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"Invalid timeout: {timeout!r}; expected a finite number of seconds > 0")
+    progress = check_bool("progress", progress)
 
     target = Path(root).expanduser() / rel if root is not None else cache_dir() / rel
     if target.exists():
@@ -136,11 +256,10 @@ def download(
             f"It was left untouched; delete it to re-download it from {url}."
         )
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix=".part-")
+    part = new_part(target.parent)
     try:
-        digest = hashlib.sha256()
-        with part:
+        digest, received = hashlib.sha256(), 0
+        with open(part, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     total = int(response.headers.get("Content-Length") or 0) or None
@@ -148,8 +267,9 @@ def download(
                         total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=rel.name, disable=not progress
                     ) as bar:
                         while chunk := response.read(_CHUNK):
-                            part.write(chunk)
+                            out.write(chunk)
                             digest.update(chunk)
+                            received += len(chunk)
                             bar.update(len(chunk))
             except urllib.error.HTTPError as exc:
                 raise DownloadError(
@@ -160,14 +280,19 @@ def download(
                 raise DownloadError(
                     f"Could not download {url}: {reason}. {_offline_hint(url, target, sha256)}"
                 ) from exc
+        if total is not None and received != total:  # http.client reads a dropped connection as a short end
+            raise DownloadError(
+                f"Incomplete download of {url}: received {received} of {total} bytes (the connection was dropped); "
+                f"the partial file was removed. Try again. {_offline_hint(url, target, sha256)}"
+            )
         actual = digest.hexdigest()
         if actual != sha256:
             raise ChecksumError(
                 f"Checksum mismatch for {url}: expected sha256 {sha256}, got {actual}. "
                 f"The corrupt download was removed. {_offline_hint(url, target, sha256)}"
             )
-        os.replace(part.name, target)
+        os.replace(part, target)
     except BaseException:
-        Path(part.name).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise
     return target

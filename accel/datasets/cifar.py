@@ -186,6 +186,8 @@ def load_cifar(
     """
     if name not in _SPECS:
         raise ValueError(f"Invalid name: {name!r}; allowed: {tuple(_SPECS)}")
+    cache.check_bool("download", download)
+    cache.check_bool("progress", progress)
     spec = _SPECS[name]
     source = spec.url if url is None else url
     checksum = spec.sha256 if sha256 is None else sha256

@@ -28,8 +28,9 @@ call with the same settings opens the cache in milliseconds):
 4. Encode, one column at a time (RAM about 4x one column: ~1.5 GB for 45.8M rows): a vocabulary with
    ``np.unique``, ids with ``np.searchsorted``; dense columns min-max scaled.
 5. Write each split row-major as ``.npy`` (one sequential pass), hash the files into ``manifest.json``, and move the
-   finished folder into place with one rename: a failed build removes its hidden ``.part-*`` folder (a killed one
-   leaves it behind, unused), so the cache folder is complete or absent, never half-written.
+   finished folder into place with one rename: a failed build removes its hidden ``.part-*`` folder (a killed one's
+   is removed by the next build in the same folder, see :func:`accel.datasets.cache.new_part`), so the cache folder
+   is complete or absent, never half-written.
 
 Preprocessing (``preprocessing=``):
 
@@ -67,7 +68,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 import urllib.parse
 import warnings
@@ -705,6 +705,9 @@ def _load(
     verify,
     no_url_hint,
 ) -> CTRData:
+    cache.check_bool("download", download)
+    cache.check_bool("progress", progress)
+    cache.check_bool("verify", verify)
     _check_int("max_rows", max_rows, 1, allow_none=True)
     _check_int("seed", seed, 0)
     _check_int("min_count", plan.min_count, 1)
@@ -782,8 +785,7 @@ def _load(
         source = cache.download(url, filename, sha256, root=base, progress=progress)
         record = {"path": None, "url": url, "sha256": sha256}
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".part-"))
+    tmp = cache.new_part(folder.parent, directory=True)  # also removes the parts of killed builds
     try:
         manifest = _build(
             source,

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -250,18 +252,37 @@ class SyntheticCTRSpec:
     seed: int = 0
 
     def __post_init__(self):
-        if not self.vocab_sizes or any(int(v) < 2 for v in self.vocab_sizes):
-            raise ValueError(f"Invalid vocab_sizes: {self.vocab_sizes}; need at least one field, each with >= 2 IDs")
-        if not self.zipf_exponent > 0:
-            raise ValueError(f"Invalid zipf_exponent: {self.zipf_exponent}; must be > 0")
-        for name in ("train_rows", "test_rows", "latent_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"Invalid {name}: {getattr(self, name)}; must be >= 1")
+        """Check every field (ValueError naming it) and store numpy numbers as the Python ones they equal, so that a
+        spec built from numpy values is the same spec, with the same fingerprint, as one built from literals."""
+
+        def is_int(value) -> bool:
+            return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+        def is_real(value) -> bool:
+            return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+        def invalid(name: str, expected: str) -> ValueError:
+            return ValueError(f"Invalid {name}: {getattr(self, name)!r}; expected {expected}")
+
+        def store(name: str, valid: bool, expected: str, kind: type) -> None:
+            if not valid:
+                raise invalid(name, expected)
+            object.__setattr__(self, name, kind(getattr(self, name)))  # frozen: set the normalised value directly
+
+        sizes = self.vocab_sizes
+        if not (isinstance(sizes, (tuple, list)) and sizes and all(is_int(v) and v >= 2 for v in sizes)):
+            raise invalid("vocab_sizes", "a non-empty tuple of ints >= 2 (IDs per field)")
+        object.__setattr__(self, "vocab_sizes", tuple(int(v) for v in sizes))
+        for name, minimum in (("train_rows", 1), ("test_rows", 1), ("latent_dim", 1), ("seed", 0)):
+            value = getattr(self, name)
+            store(name, is_int(value) and value >= minimum, f"an int >= {minimum}", int)
+        store("zipf_exponent", is_real(self.zipf_exponent) and self.zipf_exponent > 0, "a finite number > 0", float)
         for name in ("linear_scale", "interaction_scale", "rare_count", "rare_signal"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"Invalid {name}: {getattr(self, name)}; must be >= 0")
-        if not 0 < self.click_rate < 1:
-            raise ValueError(f"Invalid click_rate: {self.click_rate}; must be in (0, 1)")
+            value = getattr(self, name)
+            store(name, is_real(value) and value >= 0, "a finite number >= 0", float)
+        store("click_rate", is_real(self.click_rate) and 0 < self.click_rate < 1, "a number in (0, 1)", float)
+        flag = self.high_frequency_only
+        store("high_frequency_only", isinstance(flag, (bool, np.bool_)), "True or False", bool)
 
     def fingerprint(self) -> str:
         payload = json.dumps({"version": 2, **asdict(self)}, sort_keys=True).encode()
@@ -371,6 +392,7 @@ def make_synthetic_ctr(
     are rare and the share of rows (per field, averaged) that hold a rare ID. ``cache_files=False`` keeps everything
     in memory (tests).
     """
+    cache.check_bool("cache_files", cache_files)
     spec = spec or SyntheticCTRSpec()
     name = "synthetic-ctr" + ("-hf" if spec.high_frequency_only else "")
     folder = (Path(root).expanduser() if root is not None else cache.cache_dir()) / "ctr-synthetic" / spec.fingerprint()

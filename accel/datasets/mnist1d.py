@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .cache import cache_dir
+from .cache import cache_dir, new_part
 
 
 @dataclass(frozen=True)
@@ -45,10 +44,14 @@ def load_mnist1d(num_samples: int = 12_000, *, seed: int = 42, train_split: floa
     path = folder / f"mnist1d_n{num_samples}_seed{seed}_split{train_split:g}.npz"
     if not path.exists():
         arrays = _generate(num_samples, seed, train_split)
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz.part", delete=False) as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(handle.name, path)
+        part = new_part(folder, suffix=".npz")  # written whole, then renamed: never a half-written cache file
+        try:
+            with open(part, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+            os.replace(part, path)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
     with np.load(path) as data:
         def split(x: str, y: str) -> Split:
             return Split(torch.from_numpy(data[x].astype(np.float32))[:, None, :], torch.from_numpy(data[y]).long())

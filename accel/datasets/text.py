@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import sysconfig
-import tempfile
 import time
 import urllib.parse
 import zipfile
@@ -298,9 +297,9 @@ def _extract_member(zip_path: Path, target: Path, member: str) -> tuple[int, str
     """Stream ``member`` of the zip into ``target`` (atomically); returns (bytes, sha256). zipfile checks the CRC-32."""
     digest = hashlib.sha256()
     size = 0
-    part = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix=".part-")
+    part = cache.new_part(target.parent)
     try:
-        with part:
+        with open(part, "wb") as out:
             try:
                 with zipfile.ZipFile(zip_path) as archive:
                     names = archive.namelist()
@@ -308,7 +307,7 @@ def _extract_member(zip_path: Path, target: Path, member: str) -> tuple[int, str
                         raise TextFormatError(f"{zip_path} has no member {member!r}; it has {names[:5]}")
                     with archive.open(member) as source:
                         while chunk := source.read(_CHUNK):
-                            part.write(chunk)
+                            out.write(chunk)
                             digest.update(chunk)
                             size += len(chunk)
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
@@ -317,9 +316,9 @@ def _extract_member(zip_path: Path, target: Path, member: str) -> tuple[int, str
                 ) from exc
         if size == 0:
             raise TextFormatError(f"{zip_path}: member {member!r} is empty")
-        os.replace(part.name, target)
+        os.replace(part, target)
     except BaseException:
-        Path(part.name).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise
     return size, digest.hexdigest()
 
@@ -345,6 +344,8 @@ def load_enwik8(
     (network) and :class:`TextFormatError` (not a zip, no ``enwik8`` member, CRC error, wrong size). The first call
     extracts 100 MB (a second or two); later calls check the zip's and the bytes' SHA-256 and read them.
     """
+    cache.check_bool("download", download)
+    cache.check_bool("progress", progress)
     source = ENWIK8_URL if url is None else url
     checksum = ENWIK8_SHA256 if sha256 is None else sha256
     filename = urllib.parse.unquote(urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1])
@@ -386,7 +387,7 @@ def load_enwik8(
             "bytes": size,
             "sha256": digest,
         }
-        tmp = info_path.with_name(f".part-{info_path.name}")
+        tmp = cache.new_part(folder)
         tmp.write_text(json.dumps(info, indent=1))
         os.replace(tmp, info_path)
         data = np.fromfile(bin_path, dtype=np.uint8)

@@ -344,10 +344,13 @@ def downstream_seconds(cfg: Config, model, optimizer, data: Data, steps: int, de
 
 def calibrate_work(cfg: Config, data: Data, t_target: float, seed: int = 0) -> int:
     """The decode effort whose input side takes about ``t_target`` s per batch: the cost is affine in ``work``
-    (a fixed part plus a slope), fitted from two probes and corrected twice against the measured loader."""
+    (a fixed part plus a slope), fitted from two probes and corrected twice against the measured loader. The slope is
+    at least a tenth of the heavier probe's cost per unit of work: on a busy machine the two probes can come out nearly
+    equal, and a flat fit would ask for an effort that takes hours per batch."""
     low, high = 1, 200
     t_low = upstream_seconds(data.train.with_work(low), cfg, 8, seed)
-    slope = max((upstream_seconds(data.train.with_work(high), cfg, 8, seed) - t_low) / (high - low), 1e-9)
+    t_high = upstream_seconds(data.train.with_work(high), cfg, 8, seed)
+    slope = max(t_high - t_low, 0.1 * t_high) / (high - low)
     work, measured = low, t_low
     for _ in range(3):
         work = max(1, round(work + (t_target - measured) / slope))
@@ -457,6 +460,37 @@ def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show
                              "probed law steps/s": probed, "measured / probed law": median["steps/s"] / probed})
         bar.close()
     return rows
+
+
+# Criterion for "the pipeline reaches the law", as resolvable on a shared 2-core machine. Where the input side is far
+# slower than a step (R >= 4) the worker has a core to itself most of the time and every recorded run on the 2-core VM
+# reached >= 0.93 of the law; at R ~ 2 the worker, the trainer and the handoff threads contend for the same 2 cores
+# and recorded runs reached 0.83-0.95, so the floor there is 0.85 (what every recorded run at R ~ 2 but one met).
+LAW_FLOORS = ((4.0, 0.90), (0.0, 0.85))  # (lowest measured R, lowest measured / modelled) from the highest R down
+
+
+def law_floor(ratio: float) -> float:
+    """The lowest acceptable measured / modelled at a measured input-side ratio R (see LAW_FLOORS)."""
+    return next(floor for lowest_R, floor in LAW_FLOORS if ratio >= lowest_R)
+
+
+def law_verdict(rows: list[dict]) -> tuple[bool | None, str]:
+    """Whether every law_check row with e <= R reached its floor (law_floor of its R), and the numbers that decided.
+
+    Returns (None, why) when no row has e <= R: on a slow or busy machine the calibration may find no setting where
+    the echo factor is below the measured R, and the claim is then not evaluated rather than failed."""
+    below = [r for r in rows if r["echo factor"] <= r["R"]]
+    if not below:
+        measured = ", ".join(f"{r['R']:.1f}" for r in rows)
+        return None, f"no setting had e <= R (measured R: {measured}); the machine was too slow or too busy to tell"
+    misses = [r for r in below if r["measured / modelled"] < law_floor(r["R"])]
+    parts = []
+    for high, label in ((True, "R >= 4"), (False, "R < 4")):
+        group = [r["measured / modelled"] for r in below if (r["R"] >= 4.0) == high]
+        if group:
+            parts.append(f"{label}: worst {min(group):.2f} (floor {law_floor(4.0 if high else 0.0):.2f}, "
+                         f"{len(group)} settings)")
+    return not misses, "; ".join(parts)
 
 
 # --- wall clock to target under a slow input side ------------------------------------------------------------------

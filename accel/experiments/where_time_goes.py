@@ -265,17 +265,28 @@ def downstream_seconds(model, optimizer, dataset, cfg: Config, steps: int, devic
     return (time.perf_counter() - start) / steps
 
 
+PROBE_WORK = 512  # the heavier of the two probe settings: decoding then dominates a read, so the slope stands out
+
+
 def _estimate_work(cfg: Config, t_target: float, seed: int) -> int:
+    """A linear fit of seconds per batch against work, from work 1 and PROBE_WORK. Each cost is the fastest of three
+    passes (a busy machine only ever slows a pass down), and the slope is at least a tenth of the heavier cost per unit
+    of work, so that noise can never make the fit flat and the answer enormous."""
     probe = max(8, min(cfg.batch_size, 64))
-    costs = []
-    for work in (1, 64):
+
+    def seconds_per_batch(work: int) -> float:
         dataset = make_data(replace(cfg, num_samples=probe), work, seed)
-        start = time.perf_counter()
-        for i in range(probe):
-            dataset[i]
-        costs.append((time.perf_counter() - start) / probe * cfg.batch_size)
-    per_work = max((costs[1] - costs[0]) / 63, 1e-9)
-    return max(1, round((t_target - costs[0]) / per_work) + 1)
+        fastest = math.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            for i in range(probe):
+                dataset[i]
+            fastest = min(fastest, time.perf_counter() - start)
+        return fastest / probe * cfg.batch_size
+
+    light, heavy = seconds_per_batch(1), seconds_per_batch(PROBE_WORK)
+    per_work = max(heavy - light, 0.1 * heavy) / (PROBE_WORK - 1)
+    return max(1, round((t_target - light) / per_work) + 1)
 
 
 def calibrate_work(cfg: Config, t_target: float, seed: int = 0) -> int:
