@@ -195,3 +195,12 @@ def test_device_that_this_build_cannot_use_is_a_clear_error(monkeypatch):
             session.pick_device()
     monkeypatch.setenv("ACCEL_DEVICE", "cpu")
     assert session.pick_device() == torch.device("cpu")
+
+
+def test_verdicts_print_each_claim_with_its_mark(monkeypatch):
+    monkeypatch.delenv("ACCEL_PROFILE", raising=False)
+    results = start("smoke", 0, quiet=True, style=False).results
+    results.claim("a", True), results.claim("b", False), results.claim("c", None, "not run")
+    assert results.verdicts("a", "b", "c") == "✓ a\n✗ b\n– c"
+    with pytest.raises(KeyError, match="no claim recorded under"):
+        results.verdicts("d")

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from .session import resolve_profile
 
     profile = resolve_profile(args.profile)  # fail fast on a bad name, before any kernel starts
-    out_dir = Path(args.out)
+    out_dir = Path(args.out).resolve()  # the kernels run in notebooks/: a relative path would land there
     rows = []
     for notebook in chapters(args.notebooks):
         if args.inplace:

@@ -50,6 +50,9 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
+MARKS = {True: "✓", False: "✗", None: "–"}
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "to_json"):
         return value.to_json()
@@ -129,6 +132,14 @@ class Results:
         self.data["claims"][name] = {"passed": outcome, "detail": str(detail), "compare": bool(compare)}
         self.save()
         return outcome
+
+    def verdicts(self, *names: str) -> str:
+        """One line per named claim, as recorded: ✓ held, ✗ did not hold, – not evaluated (for printing where the
+        claims are checked)."""
+        missing = [name for name in names if name not in self.data["claims"]]
+        if missing:
+            raise KeyError(f"no claim recorded under {missing}; recorded: {sorted(self.data['claims'])}")
+        return "\n".join(f"{MARKS[self.data['claims'][name]['passed']]} {name}" for name in names)
 
     def key_result(self, label: str, this_run: str, paper: str) -> None:
         """The line ``make book`` prints for this chapter: what was measured here beside the paper's number."""

@@ -1,22 +1,24 @@
-"""How far each compared smoke metric moves between CPU kernels, thread counts and seeds: the measurement behind the
-tolerances that the chapters declare (``make spread``).
+"""How far each compared smoke metric moves between CPUs, thread counts and seeds: the measurement behind the tolerances
+that the chapters declare (``make spread``).
 
-    python -m accel.book.spread [--capabilities default avx2 avx512] [--seeds 0 1 2] [notebooks/01_infobatch.ipynb ...]
+    python -m accel.book.spread [--levels default avx2 avx512] [--seeds 0 1 2] [notebooks/01_infobatch.ipynb ...]
 
-Every chapter runs in the smoke profile once per (``ATEN_CPU_CAPABILITY``, seed), each in a fresh kernel, plus once
-with one intra-op thread (the vector kernels of a machine are not the only thing that moves a float: the number of
-threads changes how reductions split). Capabilities this CPU lacks are skipped (torch falls back silently, which would
-measure nothing). For each metric that the chapter compares it reports
+A CPU without AVX-512 differs from one with it in three places, each of which picks its vector code on its own: torch's
+own kernels (``ATEN_CPU_CAPABILITY``), MKL's matrix products (``MKL_ENABLE_INSTRUCTIONS``) and oneDNN's convolutions
+(``ONEDNN_MAX_CPU_ISA``). So each instruction-set level is run twice: as a whole machine of that level (all three
+capped) and with torch's kernels alone capped (what ``ATEN_CPU_CAPABILITY`` does by itself); the CPU's own level runs as
+it is. Levels above what this CPU offers are skipped. One more run uses one intra-op thread (the thread count changes
+how reductions split). Every chapter runs in the smoke profile once per (configuration, seed), each in a fresh process.
+For each metric that the chapter compares it reports
 
-* ``kernel_spread``: the largest change that the kernels and the thread count alone cause (max over seeds of the range
-  over configurations at that seed) — what a machine other than the one that wrote the reference can see;
-* ``seed_spread``: the range over seeds on one configuration — the scale of a chaotic metric, for which three kernels
-  are too few samples of how far a rounding difference can carry;
-* the tolerance the chapter declares, and ``margin``: tolerance / kernel_spread (it must stay above 1, with room).
+* ``kernel_spread``: the largest change that the machine alone causes (max over seeds of the range over configurations
+  at that seed) — what a machine other than the one that wrote the reference can see;
+* ``seed_spread``: the range over seeds on the native configuration — the scale of a chaotic metric;
+* the tolerance the chapter declares, and ``margin``: tolerance / kernel_spread (tests require at least 1.5).
 
-Claims compared by outcome are listed with every outcome seen; ``flipping_claims`` names those whose outcome differs
-between configurations at one seed (the regression cannot compare those). The report goes to
-data/results/smoke_spread.json; tests/test_notebooks.py checks every declared tolerance against it.
+``flipping_claims`` names the claims compared by outcome whose outcome differs between configurations at one seed (the
+regression cannot compare those). Runs are merged into data/results/smoke_spread.json by configuration, so a later call
+with other levels or seeds adds to what is there; tests/test_notebooks.py checks every declared tolerance against it.
 """
 
 from __future__ import annotations
@@ -35,119 +37,141 @@ from .build import chapters
 from .regression import load, reference_path
 
 ROOT = Path(__file__).resolve().parents[2]
-CAPABILITIES = ("default", "avx2", "avx512")
 OUT = ROOT / "data" / "results" / "smoke_spread.json"
+LEVELS = ("default", "avx2", "avx512")
+# Each level as a whole machine: torch's kernels, MKL and oneDNN capped to the same instruction set.
+MACHINE_ENV = {
+    "default": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+CAP_KEYS = tuple(MACHINE_ENV["default"])
 
 
-def available_capabilities() -> list[str]:
-    """The ATEN_CPU_CAPABILITY values this CPU can run (torch uses the best one unless told otherwise)."""
+def available_levels() -> list[str]:
+    """The instruction-set levels this CPU can run, up to the one torch picks by itself."""
     import torch
 
     best = torch.backends.cpu.get_cpu_capability().lower()
-    order = ["default", "avx2", "avx512"] if best.startswith(("avx", "default")) else ["default", best]
-    return order[: order.index(best) + 1] if best in order else ["default", best]
+    return list(LEVELS[: LEVELS.index(best) + 1]) if best in LEVELS else ["default"]
 
 
-def run_one(notebook: Path, capability: str, seed: int, threads: int | None, out_dir: Path) -> dict:
-    """One smoke run in a fresh process with the given kernels, seed and (optionally) thread count."""
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    env.pop("ACCEL_PROFILE", None)
-    if threads is not None:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+def configurations(levels: list[str], seeds: list[int]) -> list[tuple[str, int, dict]]:
+    """(name, seed, environment) for every run: each level as a whole machine and as torch's kernels alone, at every
+    seed; plus one thread on the native level at the first seed."""
+    native = levels[-1]
+    configs = []
+    for seed in seeds:
+        for level in levels:
+            if level == native:  # this CPU as it is: every library picks its own code
+                configs.append((f"seed={seed} {level}", seed, {}))
+                continue
+            configs.append((f"seed={seed} {level}", seed, MACHINE_ENV[level]))
+            configs.append((f"seed={seed} {level} torch-only", seed, {"ATEN_CPU_CAPABILITY": level}))
+    configs.append((f"seed={seeds[0]} {native} threads=1", seeds[0], {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
+    return configs
+
+
+def run_one(notebook: Path, seed: int, env_update: dict, out_dir: Path) -> dict:
+    """One smoke run in a fresh process with the given environment and seed: its results, or the error."""
+    env = {k: v for k, v in os.environ.items() if k not in CAP_KEYS and k != "ACCEL_PROFILE"}
+    env.update(env_update)
     code = ("import json, sys; from pathlib import Path; from accel.book.regression import run_smoke; "
             "r = run_smoke(Path(sys.argv[1]), Path(sys.argv[2]), seed=int(sys.argv[3])); print(json.dumps(r))")
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, str(notebook), str(out_dir), str(seed)], env=env,
                           capture_output=True, text=True)
-    seconds = time.perf_counter() - started
+    seconds = round(time.perf_counter() - started, 1)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed", "seconds": seconds}
-    results = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"results": results, "seconds": seconds}
+    return {"results": json.loads(done.stdout.strip().splitlines()[-1]), "seconds": seconds}
 
 
-def summarize(notebook: str, runs: list[dict]) -> dict:
-    """Per compared metric: values by configuration, kernel_spread, seed_spread, the declared tolerance, margin."""
-    reference = load(reference_path(notebook)) if reference_path(notebook).exists() else None
-    ok = [r for r in runs if "results" in r]
+def _seed(config: str) -> int:
+    return int(config.split()[0].removeprefix("seed="))
+
+
+def summarize(notebook: str, runs: dict[str, dict]) -> dict:
+    """From {config: {"metrics": {name: value}, "claims": {name: passed}, "declared": {name: (abs, rel)}}}: per
+    compared metric its values, kernel_spread, seed_spread, declared tolerance and margin; the flipping claims."""
+    reference = load(reference_path(notebook)) if reference_path(notebook).exists() else {"metrics": {}}
+    declared = {n: tuple(t) for run in runs.values() for n, t in run["declared"].items()}
+    native = max((c for c in runs if " " in c and len(c.split()) == 2), key=lambda c: LEVELS.index(c.split()[1]),
+                 default=None)
+    native_level = native.split()[1] if native else None
     metrics = {}
-    names = sorted({n for r in ok for n, m in r["results"]["metrics"].items()
-                    if m["abs"] is not None or m["rel"] is not None})
-    for name in names:
-        values = {r["config"]: r["results"]["metrics"].get(name, {}).get("value") for r in ok}
-        numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+    for name, (abs_tol, rel_tol) in sorted(declared.items()):
+        if abs_tol is None and rel_tol is None:
+            continue
+        values = {c: run["metrics"].get(name) for c, run in runs.items()}
+        numeric = {c: v for c, v in values.items() if isinstance(v, (int, float))}
         by_seed: dict[int, list[float]] = {}
-        for r in ok:
-            if r["config"] in numeric:
-                by_seed.setdefault(r["seed"], []).append(numeric[r["config"]])
+        for c, v in numeric.items():
+            by_seed.setdefault(_seed(c), []).append(v)
         kernel_spread = max((max(v) - min(v) for v in by_seed.values() if len(v) > 1), default=None)
-        first_config = ok[0]["config"].split(" ", 1)[1] if ok else ""
-        same_config = [v for k, v in numeric.items() if k.endswith(first_config)]
-        seed_spread = (max(same_config) - min(same_config)) if len(same_config) > 1 else None
-        declared = ok[-1]["results"]["metrics"][name]
-        value = (reference or {}).get("metrics", {}).get(name, {}).get("value", declared["value"])
-        allowed = max(declared["abs"] or 0.0, (declared["rel"] or 0.0) * abs(value)) if isinstance(value, float) else 0
-        worst = max((abs(v - value) for v in numeric.values()), default=None) if isinstance(value, float) else None
+        on_native = [v for c, v in numeric.items() if c.split()[1:] == [native_level]]
+        seed_spread = (max(on_native) - min(on_native)) if len(on_native) > 1 else None
+        value = reference["metrics"].get(name, {}).get("value")
+        allowed = max(abs_tol or 0.0, (rel_tol or 0.0) * abs(value)) if isinstance(value, (int, float)) else None
         metrics[name] = {"values": values, "kernel_spread": kernel_spread, "seed_spread": seed_spread,
-                         "abs": declared["abs"], "rel": declared["rel"], "allowed": allowed,
-                         "worst_from_reference": worst,
-                         "margin": (allowed / kernel_spread) if kernel_spread else None}
-    claims = {}
-    for r in ok:
-        for name, claim in r["results"]["claims"].items():
-            if claim.get("compare", True):
-                claims.setdefault(name, {})[r["config"]] = claim["passed"]
-    return {"runs": [{k: r[k] for k in ("config", "seconds") if k in r} | ({"error": r["error"]} if "error" in r
-                     else {}) for r in runs],
-            "metrics": metrics, "claims": claims,
-            "flipping_claims": sorted(n for n, seen in claims.items() if _flips_at_one_seed(seen, ok))}
-
-
-def _flips_at_one_seed(outcomes: dict[str, bool], runs: list[dict]) -> bool:
-    """Whether a claim's outcome differs between configurations that share a seed (kernels or threads flip it)."""
-    by_seed: dict[int, set] = {}
-    for r in runs:
-        if r["config"] in outcomes:
-            by_seed.setdefault(r["seed"], set()).add(outcomes[r["config"]])
-    return any(len(seen) > 1 for seen in by_seed.values())
+                         "abs": abs_tol, "rel": rel_tol, "allowed": allowed,
+                         "margin": (allowed / kernel_spread) if kernel_spread and allowed is not None else None}
+    claims: dict[str, dict[str, bool]] = {}
+    for c, run in runs.items():
+        for name, passed in run["claims"].items():
+            claims.setdefault(name, {})[c] = passed
+    flipping = []
+    for name, seen in claims.items():
+        by_seed: dict[int, set] = {}
+        for c, passed in seen.items():
+            by_seed.setdefault(_seed(c), set()).add(passed)
+        if any(len(outcomes) > 1 for outcomes in by_seed.values()):
+            flipping.append(name)
+    return {"metrics": metrics, "claims": claims, "flipping_claims": sorted(flipping)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", help="chapters (default: all)")
-    parser.add_argument("--capabilities", nargs="*", default=None, help="default: every one this CPU offers")
+    parser.add_argument("--levels", nargs="*", default=None, help="default: every level this CPU offers")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--skip-stored", action="store_true", help="run only the configurations not yet stored")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
-    capabilities = args.capabilities or available_capabilities()
-    best = capabilities[-1]
-    configs = [(cap, seed, None) for seed in args.seeds for cap in capabilities]
-    configs.append((best, args.seeds[0], 1))
+    levels = args.levels or available_levels()
+    configs = configurations(levels, args.seeds)
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
     report.setdefault("chapters", {})
     with tempfile.TemporaryDirectory() as tmp:
         for notebook in chapters(args.notebooks or None):
-            runs = []
-            for capability, seed, threads in configs:
-                config = f"seed={seed} {capability}" + (f" threads={threads}" if threads else "")
-                run = run_one(notebook, capability, seed, threads, Path(tmp) / notebook.stem / config.replace(" ", "_"))
-                run.update(config=config, seed=seed)
-                runs.append(run)
-                status = run.get("error") or f"{run['results']['versions'].get('cpu_capability', '?')} ok"
-                print(f"{notebook.stem} [{config}]: {run['seconds']:.0f} s, {status}", flush=True)
-            report["chapters"][notebook.stem] = summarize(notebook.stem, runs)
-            report["capabilities"] = capabilities
-            report["seeds"] = args.seeds
-            report["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            chapter = report["chapters"].setdefault(notebook.stem, {})
+            runs = chapter.setdefault("runs", {})
+            for name, seed, env in configs:
+                if args.skip_stored and "error" not in runs.get(name, {"error": None}):
+                    continue
+                run = run_one(notebook, seed, env, Path(tmp) / notebook.stem / name.replace(" ", "_"))
+                if "error" in run:
+                    runs[name] = {"error": run["error"], "seconds": run["seconds"], "env": env}
+                    print(f"{notebook.stem} [{name}]: {run['seconds']:.0f} s, FAILED: {run['error']}", flush=True)
+                    continue
+                results = run["results"]
+                runs[name] = {
+                    "seconds": run["seconds"], "env": env, "cpu_capability": results["versions"].get("cpu_capability"),
+                    "metrics": {n: m["value"] for n, m in results["metrics"].items()},
+                    "declared": {n: [m["abs"], m["rel"]] for n, m in results["metrics"].items()},
+                    "claims": {n: c["passed"] for n, c in results["claims"].items() if c.get("compare", True)},
+                }
+                print(f"{notebook.stem} [{name}]: {run['seconds']:.0f} s, {runs[name]['cpu_capability']}", flush=True)
+            chapter.update(summarize(notebook.stem, {c: r for c, r in runs.items() if "error" not in r}))
+            report.update(levels=levels, written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, indent=1) + "\n")
-            for name, m in report["chapters"][notebook.stem]["metrics"].items():
+            out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+            for name, m in chapter["metrics"].items():
                 flag = "" if m["margin"] is None or m["margin"] >= 1.5 else "  <-- tolerance too tight"
                 print(f"  {name}: kernel spread {m['kernel_spread']}, seed spread {m['seed_spread']}, "
-                      f"allowed {m['allowed']:.4g}{flag}")
-            for name in report["chapters"][notebook.stem]["flipping_claims"]:
-                print(f"  claim flips between configurations: {name}")
+                      f"allowed {m['allowed']}{flag}")
+            for name in chapter["flipping_claims"]:
+                print(f"  claim flips between configurations at one seed: {name}")
     return 0
 
 
