@@ -80,7 +80,7 @@ def test_checked_cells_print_plain_text_only(notebook):
 
 def test_checked_cell_rule_catches_a_rich_display_and_stderr():
     def cell(*outputs):
-        return {"cell_type": "code", "source": ["# NBVAL_CHECK_OUTPUT\n", "table"], "outputs": list(outputs)}
+        return {"cell_type": "code", "source": ["# NBVAL_CHECK_OUTPUT\n", "print(verdicts)"], "outputs": list(outputs)}
 
     printed = {"output_type": "stream", "name": "stdout", "text": ["AUC 0.80\n"]}
     shown = {"output_type": "execute_result", "data": {"text/plain": ["Table(...)"], "text/html": ["<table>"]}}
@@ -90,6 +90,9 @@ def test_checked_cell_rule_catches_a_rich_display_and_stderr():
     assert len(problems) == 2 and "cell 0" in problems[0] and "stderr" in problems[1]
     unchecked = {"cell_type": "code", "source": ["table"], "outputs": [shown]}
     assert checked_cell_problems({"cells": [unchecked]}) == []
+    ends_on_a_value = {"cell_type": "code", "source": ["# NBVAL_CHECK_OUTPUT\n", "x = 1\n", "results.metric('m', x);"],
+                       "outputs": []}
+    assert "ends on an expression" in checked_cell_problems({"cells": [ends_on_a_value]})[0]
 
 
 SPREAD = ROOT / "data" / "results" / "smoke_spread.json"

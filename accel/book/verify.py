@@ -9,6 +9,7 @@ profile is read from the notebook's metadata (``accel.profile``, written by ``ma
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -19,12 +20,26 @@ from .build import chapters
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 
 
+def _last_statement(source: str) -> ast.stmt | None:
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:  # IPython syntax (magics): not judged
+        return None
+    return body[-1] if body else None
+
+
 def checked_cell_problems(notebook: dict) -> list[str]:
-    """Every way a committed notebook's checked cells break the rule above: outputs other than stdout text."""
+    """Every way a committed notebook's checked cells break the rule above: outputs other than stdout text, or a
+    source that ends on an expression (its value would be shown as a result)."""
     problems = []
     for index, cell in enumerate(notebook.get("cells", [])):
         if cell.get("cell_type") != "code" or CHECK_MARK not in "".join(cell.get("source", "")):
             continue
+        last = _last_statement("".join(cell.get("source", "")))
+        if isinstance(last, ast.Expr) and not (isinstance(last.value, ast.Call)
+                                               and getattr(last.value.func, "id", None) == "print"):
+            problems.append(f"cell {index}: a checked cell ends on an expression, whose value Jupyter shows as a "
+                            "result (a trailing ';' does not hide it everywhere); end it on a print")
         for output in cell.get("outputs", []):
             kind = output.get("output_type")
             if kind == "stream" and output.get("name") == "stdout":
