@@ -62,14 +62,18 @@ def execute_inplace(notebook: Path, profile: str, force: bool = False) -> tuple[
     saved = {k: os.environ.get(k) for k in ("ACCEL_PROFILE", "ACCEL_RESULTS_PATH")}
     os.environ.update(ACCEL_PROFILE=profile, ACCEL_RESULTS_PATH=str(results_path))
     start = time.perf_counter()
+    # Executed into an untracked file beside it, moved over the notebook only at the end: the tracked tree stays clean
+    # while the chapter runs, so its results file records a clean commit (no "-dirty").
+    executed = notebook.with_name(f".{notebook.stem}.executing.ipynb")
     try:  # no parameters: papermill then adds no injected cell to the committed notebook
-        papermill.execute_notebook(str(notebook), str(notebook), kernel_name="python3", cwd=str(notebook.parent),
+        papermill.execute_notebook(str(notebook), str(executed), kernel_name="python3", cwd=str(notebook.parent),
                                    progress_bar={"desc": notebook.stem, "unit": "cell"})
+        nb = nbformat.read(executed, as_version=4)
     finally:
+        executed.unlink(missing_ok=True)
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     seconds = time.perf_counter() - start
-    nb = nbformat.read(notebook, as_version=4)
     nb.metadata["accel"] = {"profile": profile, "seconds": round(seconds, 1)}
     nb.metadata.pop("papermill", None)  # timestamps and paths of this machine: noise in a diff
     for cell in nb.cells:
