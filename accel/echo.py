@@ -32,22 +32,45 @@ Three entry points:
   echo_batches(batches, factor)              device-side batch echoing: yields the same tensors again, no copy.
 
 How echoing_loader works. An IterableDataset runs inside each DataLoader worker (in the main process when
-num_workers = 0). For epoch t, all workers draw the same permutation of range(len(dataset)) from (seed, t); worker k of
-K takes positions k, k + K, k + 2K, ... of it (disjoint shards covering the dataset), reads its samples, applies the
-echo stage, augmentation where the insertion point puts it, and its own shuffle buffer, and yields samples that the
-DataLoader collates into batches in that worker (for "batch", the worker collates and echoes whole batches itself
-and the DataLoader passes them on with batch_size=None). The DataLoader then takes one batch from each worker in
-turn: cross-worker mixing is that round-robin, and the buffer mixes within a worker only. drop_last (like the
-DataLoader's for iterable datasets) drops each worker's last partial batch.
+num_workers = 0). For epoch t, every rank and every worker draws the same permutation of range(len(dataset)) from
+(seed, t). Rank r of R (num_replicas; under DistributedDataParallel one rank per process) takes positions r, r + R,
+r + 2R, ... of it, and worker k of the rank's K workers takes every K-th of those, starting at the k-th: disjoint
+shards whose union is the whole epoch. Nothing is padded or dropped (DistributedSampler pads by repeating examples, or
+drops the tail with drop_last): when R does not divide len(dataset), the first len(dataset) % R ranks get one fresh
+example more. Each worker reads its samples, applies the echo stage, augmentation where the insertion point puts it,
+and its own shuffle buffer, and yields samples that the DataLoader collates into batches in that worker (for "batch",
+the worker collates and echoes whole batches itself and the DataLoader passes them on with batch_size=None). The
+DataLoader then takes one batch from each worker in turn, skipping workers that have run out: cross-worker mixing is
+that round-robin, and the buffer mixes within a worker only. drop_last (like the DataLoader's for iterable datasets)
+drops each worker's last partial batch.
 Each worker yields (is_fresh, sample) pairs, True for the first copy of a sample, and a collate wrapper turns a
 batch of pairs into (fresh count, example count, batch); the main process adds the counts to `fresh_examples` and
-`examples` as it hands each batch to the caller, so they count exactly what the training loop received.
+`examples` as it hands each batch to the caller, so they count exactly what the training loop received (on this rank).
+
+Ranks' batch counts. A rank's number of batches depends on its shard size, and a fractional factor draws every
+rank's copies independently, so ranks can get different numbers of batches in one epoch (with an integer factor they
+are equal whenever R divides len(dataset)). Under DDP every rank must run the same number of steps:
+wrap the epoch in `with model.join():` (uneven inputs), or stop all ranks at the shortest.
+
+Workers. By default the DataLoader starts its workers at the start of every pass and stops them at its end: for a
+slow-to-start pipeline that is the cost echoing is meant to hide. persistent_workers=True keeps them alive from one
+pass to the next; set_epoch still reaches them, through a one-element shared-memory tensor that each worker reads
+when its next pass begins, and the batches are the same as without persistent workers. worker_init_fn and
+prefetch_factor are handed to the DataLoader as they are.
 
 Determinism and randomness. Nothing here touches the global random state of random, numpy or torch. All draws come
 from private generators: the permutation from (seed, epoch); the echo counts, the buffer and the generator handed to
-augment from (seed, epoch, worker id). The same (seed, epoch, num_workers) gives the same batches, and num_workers
-= 0 and 1 give the same batches. Like DistributedSampler, the epoch does not advance by itself: call
-set_epoch(epoch) before each epoch, or every epoch repeats the first one.
+augment from (seed, epoch, worker id, and the rank when num_replicas > 1). The same (seed, epoch, num_workers,
+num_replicas, rank) gives the same batches, and num_workers = 0 and 1 give the same batches. Like DistributedSampler,
+the epoch does not advance by itself: call set_epoch(epoch) before each epoch, or every epoch repeats the first one.
+
+Resuming mid-epoch. Because the batches of an epoch are a deterministic function of those settings (given an augment
+that draws from the generator it is given, or none), state_dict() stores only the epoch, the number of batches the
+caller has received in the current pass over it, and the counters. load_state_dict() on a fresh loader built with
+the same arguments makes its next pass over that epoch skip those batches, so it yields exactly the rest of the
+uninterrupted epoch. The cost: the skipped batches are produced again and thrown away (the fresh examples behind them
+are read and augmented again, at the full speed of the workers since nothing trains meanwhile). Under DDP each rank
+saves and loads its own state.
 
 Usage:
 
@@ -58,6 +81,10 @@ Usage:
         for x, y in loader:
             ...
     print(loader.fresh_examples, loader.examples)  # upstream reads vs examples trained on
+
+Under DDP (torch.distributed initialised) the same call reads this rank's share of every epoch; add
+persistent_workers=True to keep the workers across epochs, and save loader.state_dict() with each rank's checkpoint
+(loader.load_state_dict(state) on the restarted rank, then the same loop from the saved epoch).
 """
 
 from __future__ import annotations
@@ -69,6 +96,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 POINTS = ("before_augment", "after_augment", "batch")
@@ -114,6 +142,19 @@ def _check_bool(name: str, value) -> bool:
 def _check_callable(name: str, value) -> None:
     if value is not None and not callable(value):
         raise _invalid(name, value, "a callable or None")
+
+
+def _check_replicas(num_replicas, rank) -> tuple[int, int]:
+    """num_replicas and rank, defaulting to torch.distributed's world size and rank when it is initialised."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if initialised else 1
+    num_replicas = _check_int("num_replicas", num_replicas, 1)
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if not _is_int(rank) or not 0 <= rank < num_replicas:
+        raise _invalid("rank", rank, f"an int with 0 <= rank < num_replicas = {num_replicas}")
+    return num_replicas, int(rank)
 
 
 # ------------------------------------------------------------------------------------------- the echo stage
@@ -187,7 +228,8 @@ def _augmenter(augment: Callable | None, generator: torch.Generator) -> Callable
 
 
 def _seed_sequence(seed: int, epoch: int, *key: int) -> np.random.SeedSequence:
-    """Independent random streams, one per key: (0,) the permutation, (1,) the DataLoader, (2, worker, i) workers."""
+    """Independent random streams, one per key: (0,) the permutation, (1,) the DataLoader, (2, worker, i) workers;
+    with num_replicas > 1 the rank is appended to the keys of the last two (a single process keeps its streams)."""
     return np.random.SeedSequence([seed, epoch], spawn_key=key)
 
 
@@ -285,19 +327,41 @@ class _EchoStream(IterableDataset):
     """
 
     def __init__(self, dataset, factor, point, augment, shuffle_buffer, batch_size, drop_last, collate_fn, seed,
-                 by_value=False):
+                 by_value=False, *, num_replicas=1, rank=0, shared_epoch=False):
         self.dataset, self.factor, self.point, self.augment = dataset, factor, point, augment
         self.shuffle_buffer, self.batch_size, self.drop_last = shuffle_buffer, batch_size, drop_last
         self.collate_fn, self.seed, self.by_value = collate_fn, seed, by_value
-        self.epoch = 0  # set by EchoingLoader.set_epoch; workers get a fresh copy of this object every epoch
+        self.num_replicas, self.rank = num_replicas, rank
+        self.rank_key = (rank,) if num_replicas > 1 else ()  # appended to the workers' and DataLoader's seed keys
+        # Set by EchoingLoader.set_epoch. Workers that are started per pass get a fresh copy of this object, epoch
+        # included; persistent workers keep their copy, so the epoch lives in shared memory, read at each pass's start.
+        self._epoch = torch.zeros((), dtype=torch.int64)
+        if shared_epoch:
+            self._epoch.share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    def shard(self, worker: int, num_workers: int) -> range:
+        """Positions in the epoch's permutation that this rank's worker reads: the rank takes every num_replicas-th
+        position from its rank, the worker every num_workers-th of those from its id (disjoint, covering all)."""
+        replicas = self.num_replicas
+        return range(self.rank + worker * replicas, len(self.dataset), num_workers * replicas)
 
     def __iter__(self) -> Iterator:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        order = np.random.default_rng(_seed_sequence(self.seed, self.epoch, 0)).permutation(len(self.dataset))
-        shard = order[worker::num_workers].tolist()  # all workers draw the same order and take disjoint slices
-        rng = np.random.default_rng(_seed_sequence(self.seed, self.epoch, 2, worker, 0))
-        generator = torch.Generator().manual_seed(_torch_seed(_seed_sequence(self.seed, self.epoch, 2, worker, 1)))
+        epoch, key = self.epoch, self.rank_key
+        order = np.random.default_rng(_seed_sequence(self.seed, epoch, 0)).permutation(len(self.dataset))
+        positions = self.shard(worker, num_workers)
+        shard = order[positions.start :: positions.step].tolist()  # the same order everywhere, disjoint slices
+        rng = np.random.default_rng(_seed_sequence(self.seed, epoch, 2, worker, 0, *key))
+        generator = torch.Generator().manual_seed(_torch_seed(_seed_sequence(self.seed, epoch, 2, worker, 1, *key)))
         augment = _augmenter(self.augment, generator)
         raw = (self.dataset[index] for index in shard)  # the expensive read happens here, lazily
 
@@ -326,7 +390,7 @@ class _EchoStream(IterableDataset):
 
 
 class EchoingLoader:
-    """Iterable of collated batches, one pass over the dataset's fresh examples per iteration (see echoing_loader).
+    """Iterable of collated batches, one pass over this rank's fresh examples per iteration (see echoing_loader).
 
     fresh_examples: examples read from the dataset and received by the caller, summed over all iterations so far.
     examples: examples received in all (fresh + echoed copies). echoed_examples = examples - fresh_examples.
@@ -337,6 +401,8 @@ class EchoingLoader:
         self.stream, self.loader, self._generator, self._num_workers = stream, loader, generator, num_workers
         self.fresh_examples = 0
         self.examples = 0
+        self._batches = 0  # batches of the current (or last) pass over self.epoch handed to the caller
+        self._resume = False  # load_state_dict: the next pass over self.epoch skips its first self._batches batches
 
     @property
     def epoch(self) -> int:
@@ -347,21 +413,66 @@ class EchoingLoader:
         return self.examples - self.fresh_examples
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch: the permutation and every draw are functions of (seed, epoch, worker id)."""
-        self.stream.epoch = _check_int("epoch", epoch, 0)
+        """Choose the epoch: the permutation and every draw are functions of (seed, epoch, worker id, rank).
+
+        Setting the epoch that a loaded state_dict was saved in keeps the resume; another epoch starts at its start.
+        """
+        epoch = _check_int("epoch", epoch, 0)
+        if epoch != self.stream.epoch:
+            self._batches, self._resume = 0, False
+        self.stream.epoch = epoch
+
+    def _settings(self) -> dict:
+        """What the batches of an epoch depend on (besides augment and collate_fn): a resume must match all of it."""
+        stream = self.stream
+        return dict(dataset_size=len(stream.dataset), batch_size=stream.batch_size, factor=stream.factor,
+                    point=stream.point, shuffle_buffer=stream.shuffle_buffer, drop_last=stream.drop_last,
+                    num_workers=self._num_workers, seed=stream.seed, num_replicas=stream.num_replicas,
+                    rank=stream.rank)
+
+    def state_dict(self) -> dict:
+        """Where this rank stands: {"epoch", "batches" (received in the current pass over it), "fresh_examples",
+        "examples", "settings" (checked by load_state_dict)}; plain Python numbers and strings (torch.save-able)."""
+        return dict(epoch=self.epoch, batches=self._batches, fresh_examples=self.fresh_examples,
+                    examples=self.examples, settings=self._settings())
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from state_dict(): restores the epoch and the counters, and the next pass over that epoch skips the
+        batches already received, yielding exactly the rest of the uninterrupted epoch (the skipped ones are produced
+        again and dropped: see the module docstring). The loader must be built with the same arguments (ValueError
+        naming the first one that differs), the same augment and collate_fn (not checked)."""
+        saved, mine = state["settings"], self._settings()
+        for name, value in mine.items():
+            if saved.get(name) != value:
+                raise ValueError(f"Cannot resume: the state was saved with {name}={saved.get(name)!r}, "
+                                 f"this loader has {name}={value!r}")
+        self.stream.epoch = _check_int("epoch", state["epoch"], 0)
+        self._batches, self._resume = _check_int("batches", state["batches"], 0), True
+        self.fresh_examples, self.examples = int(state["fresh_examples"]), int(state["examples"])
 
     def __iter__(self) -> Iterator:
         # The DataLoader draws its workers' base seed from this generator (from the global torch RNG without one):
         # reseeding it per epoch keeps the global RNG untouched and worker seeds a function of (seed, epoch).
-        self._generator.manual_seed(_torch_seed(_seed_sequence(self.stream.seed, self.stream.epoch, 1)))
+        key = self.stream.rank_key
+        self._generator.manual_seed(_torch_seed(_seed_sequence(self.stream.seed, self.stream.epoch, 1, *key)))
+        skip = self._batches if self._resume else 0
+        self._batches, self._resume = skip, False
+        return self._handed_out(iter(self.loader), skip)
+
+    def _handed_out(self, triples: Iterator, skip: int) -> Iterator:
+        for _ in range(skip):  # a resume: these were received before the state was saved
+            if next(triples, None) is None:
+                return
         by_value = self.stream.by_value
-        for fresh, examples, batch in self.loader:
+        for fresh, examples, batch in triples:
             self.fresh_examples += int(fresh)
             self.examples += int(examples)
+            self._batches += 1
             yield _from_value(batch) if by_value else batch
 
     def __len__(self) -> int:
-        """Batches per epoch, exact for an integer factor; a fractional factor makes it random: TypeError (no len)."""
+        """Batches per epoch on this rank, exact for an integer factor; a fractional factor makes it random: TypeError
+        (no len)."""
         stream = self.stream
         if not stream.factor.is_integer():
             raise TypeError(f"len() of an EchoingLoader with a fractional factor ({stream.factor}) is random")
@@ -372,7 +483,7 @@ class EchoingLoader:
 
         total = 0
         for worker in range(workers):
-            shard = len(range(worker, len(stream.dataset), workers))
+            shard = len(stream.shard(worker, workers))
             total += factor * batches(shard) if stream.point == "batch" else batches(factor * shard)
         return total
 
@@ -391,6 +502,10 @@ def echoing_loader(
     collate_fn: Callable | None = None,
     prefetch_factor: int = 2,
     pin_memory: bool = False,
+    persistent_workers: bool = False,
+    worker_init_fn: Callable[[int], None] | None = None,
+    num_replicas: int | None = None,
+    rank: int | None = None,
 ) -> EchoingLoader:
     """A data loader that echoes each fresh example `factor` times at insertion `point` (see the module docstring).
 
@@ -400,14 +515,22 @@ def echoing_loader(
     point: "before_augment", "after_augment" or "batch".
     augment: applied to one sample as dataset[i] returns it (before collation), in the workers. If it has two or more
     named positional parameters it is called as augment(sample, generator), generator a CPU torch.Generator seeded
-    from (seed, epoch, worker id): draw from it and augmentation is reproducible. Otherwise it is called as
+    from (seed, epoch, worker id, rank): draw from it and augmentation is reproducible. Otherwise it is called as
     augment(sample) (a torch.nn.Module: judged by its forward), and its randomness is its own business.
     shuffle_buffer: per-worker buffer size, in samples (in batches for "batch"); 0 keeps copies adjacent.
-    num_workers, prefetch_factor, pin_memory: as for DataLoader (prefetch_factor is ignored when num_workers = 0).
-    seed: the permutation, echo counts, buffer and augment generators derive from (seed, epoch, worker id).
+    num_workers, prefetch_factor, pin_memory, persistent_workers, worker_init_fn: as for DataLoader, per rank
+    (prefetch_factor and persistent_workers are ignored when num_workers = 0). With persistent_workers the workers
+    live across epochs and set_epoch still reaches them; worker_init_fn(worker_id) runs once in each worker as it
+    starts (once per pass without persistent_workers).
+    seed: the permutation, echo counts, buffer and augment generators derive from (seed, epoch, worker id, rank).
     drop_last: drop each worker's last partial batch.
+    num_replicas, rank: the number of processes sharing the data (the DDP world size) and this one's index in
+    [0, num_replicas); default to torch.distributed's world size and rank when it is initialised, else 1 and 0. Every
+    rank draws the same permutation per (seed, epoch) and reads its own every num_replicas-th fresh example: ranks get
+    disjoint fresh examples whose union is the epoch (the first len(dataset) % num_replicas ranks one more).
     Returns an EchoingLoader: iterate it for one epoch, call set_epoch between epochs; it counts fresh_examples and
-    examples; len() is exact for an integer factor and raises TypeError for a fractional one.
+    examples; len() (this rank's batches) is exact for an integer factor and raises TypeError for a fractional one;
+    state_dict() / load_state_dict() resume mid-epoch.
     """
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise TypeError(f"dataset must be map-style (define __len__ and __getitem__), got {type(dataset).__name__}")
@@ -422,11 +545,14 @@ def echoing_loader(
     _check_callable("collate_fn", collate_fn)
     prefetch_factor = _check_int("prefetch_factor", prefetch_factor, 1)
     drop_last, pin_memory = _check_bool("drop_last", drop_last), _check_bool("pin_memory", pin_memory)
+    persistent_workers = _check_bool("persistent_workers", persistent_workers) and num_workers > 0
+    _check_callable("worker_init_fn", worker_init_fn)
+    num_replicas, rank = _check_replicas(num_replicas, rank)
     collate_fn = collate_fn or default_collate
 
     by_value = num_workers > 0 and not pin_memory  # see BY_VALUE_BYTES; the stream and collate run in workers then
     stream = _EchoStream(dataset, factor, point, augment, shuffle_buffer, batch_size, drop_last, collate_fn, seed,
-                         by_value)
+                         by_value, num_replicas=num_replicas, rank=rank, shared_epoch=persistent_workers)
     generator = torch.Generator()
     if point == "batch":  # the workers yield finished batches
         batching = dict(batch_size=None, collate_fn=_unchanged)
@@ -437,6 +563,8 @@ def echoing_loader(
         stream,
         num_workers=num_workers,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        persistent_workers=persistent_workers,
+        worker_init_fn=worker_init_fn,
         pin_memory=pin_memory,
         generator=generator,
         **batching,

@@ -1,17 +1,23 @@
 """Tests for accel.echo: the echo stage, the echoing loader at its three insertion points, device-side echoing."""
 
+import io
 import itertools
 import math
+import os
 import pickle
 import random
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _gloo import run_two_ranks  # tests/_gloo.py: the two-rank launcher
 from torch.utils.data import Dataset
 
-from accel.echo import echo, echo_batches, echoing_loader
+from accel.echo import POINTS, echo, echo_batches, echoing_loader
+
+HERE = Path(__file__).resolve().parent
 
 
 class Indexed(Dataset):
@@ -272,6 +278,13 @@ def test_two_workers(point):
         (dict(augment=3), "augment"),
         (dict(collate_fn="stack"), "collate_fn"),
         (dict(prefetch_factor=0), "prefetch_factor"),
+        (dict(worker_init_fn="seed"), "worker_init_fn"),
+        (dict(num_replicas=0), "num_replicas"),
+        (dict(num_replicas=2.0), "num_replicas"),
+        (dict(rank=-1), "rank"),
+        (dict(rank=1), "rank"),  # num_replicas defaults to 1 without torch.distributed
+        (dict(num_replicas=2, rank=2), "rank"),
+        (dict(num_replicas=2, rank=True), "rank"),
     ],
 )
 def test_loader_validation(kwargs, name):
@@ -280,7 +293,13 @@ def test_loader_validation(kwargs, name):
         echoing_loader(Indexed(4), **arguments)
 
 
-@pytest.mark.parametrize("name", ["drop_last", "pin_memory"])
+def test_rank_error_names_the_range():
+    with pytest.raises(ValueError) as error:
+        echoing_loader(Indexed(4), batch_size=2, factor=2, point="batch", num_replicas=3, rank=3)
+    assert str(error.value) == "Invalid rank: 3; expected an int with 0 <= rank < num_replicas = 3"
+
+
+@pytest.mark.parametrize("name", ["drop_last", "pin_memory", "persistent_workers"])
 @pytest.mark.parametrize("value", ["no", "yes", 1, None])
 def test_loader_flags_must_be_bools(name, value):
     arguments = dict(batch_size=2, factor=2, point="after_augment", **{name: value})
@@ -364,3 +383,183 @@ def test_workers_hand_back_tensors_equal_to_the_in_process_ones(point, pin_memor
     for batch in make(1):
         assert all(isinstance(part, torch.Tensor) for part in batch)
     assert batches_as_lists(make(1)) == batches_as_lists(make(0))
+
+
+# ------------------------------------------------------------------------------------- ranks (DistributedDataParallel)
+
+
+def fresh_order(loader):
+    """The labels of an epoch in the order of their first copy."""
+    return list(dict.fromkeys(label for _, labels in batches_as_lists(loader) for label in labels))
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_ranks_take_every_num_replicas_th_example_of_one_permutation(point):
+    def make(**kwargs):
+        return echoing_loader(Indexed(10), batch_size=2, factor=1, point=point, seed=4, **kwargs)
+
+    whole = make()
+    whole.set_epoch(2)
+    order = fresh_order(whole)  # factor 1, no buffer, one worker: the epoch's permutation itself
+    assert sorted(order) == list(range(10))
+    ranks = [make(num_replicas=3, rank=rank) for rank in range(3)]
+    for loader in ranks:
+        loader.set_epoch(2)
+    assert [fresh_order(loader) for loader in ranks] == [order[0::3], order[1::3], order[2::3]]  # 4, 3, 3 examples
+    assert [loader.fresh_examples for loader in ranks] == [4, 3, 3]
+    assert [len(loader) for loader in ranks] == [2, 2, 2]
+    single = make(num_replicas=1, rank=0)
+    single.set_epoch(2)
+    assert fresh_order(single) == order
+
+
+def test_ranks_draw_their_own_augmentations_and_echo_counts():
+    def labels_and_noise(rank):
+        loader = echoing_loader(Indexed(40), batch_size=4, factor=1.5, point="before_augment", augment=add_noise,
+                                seed=0, num_replicas=2, rank=rank)
+        return labels_and_values(loader)
+
+    noise = [[value - label for label, value in labels_and_noise(rank)] for rank in range(2)]
+    length = min(map(len, noise))
+    assert noise[0][:length] != noise[1][:length]
+
+
+def test_two_ranks_with_gloo_read_disjoint_fresh_examples_covering_the_epoch(tmp_path):
+    worker, records = run_two_ranks(HERE / "_echo_dist_worker.py", tmp_path)
+    everything = set(range(worker.NUM_SAMPLES))
+    for index, config in enumerate(worker.CONFIGS):
+        ranks = [record[index] for record in records]
+        assert [(rank["num_replicas"], rank["rank"]) for rank in ranks] == [(2, 0), (2, 1)]  # from torch.distributed
+        for position, epoch in enumerate(worker.EPOCHS):
+            runs = [rank["epochs"][position] for rank in ranks]
+            seen = [{label for _, labels in run["batches"] for label in labels} for run in runs]
+            assert not seen[0] & seen[1], config  # disjoint fresh examples...
+            assert seen[0] | seen[1] == everything, config  # ...whose union is the epoch
+            assert [len(labels) for labels in seen] == [run["fresh"] for run in runs] == [12, 11]  # 23 = 12 + 11
+            for rank, run in enumerate(runs):  # the same batches as explicit arguments, without torch.distributed
+                reference = worker.make_loader(*config, num_replicas=2, rank=rank)
+                reference.set_epoch(epoch)
+                assert [(x[:, 0].tolist(), y.tolist()) for x, y in reference] == run["batches"], (config, rank)
+        for rank in ranks:
+            assert rank["epochs"][0]["batches"] != rank["epochs"][1]["batches"]
+
+
+# ------------------------------------------------------------------------------------------------------ workers
+
+
+WORKER_TAG = -1  # set by tag_worker in each DataLoader worker
+
+
+def tag_worker(worker_id):
+    global WORKER_TAG
+    WORKER_TAG = 100 + worker_id
+
+
+class Stamped(Indexed):
+    """Sample i is (tensor([i.]), i, the reading process's pid, its WORKER_TAG)."""
+
+    def __getitem__(self, index):
+        return torch.tensor([float(index)]), index, os.getpid(), WORKER_TAG
+
+
+def test_arguments_reach_the_dataloader():
+    loader = echoing_loader(Indexed(8), batch_size=2, factor=2, point="batch", num_workers=2, prefetch_factor=3,
+                            persistent_workers=True, worker_init_fn=tag_worker)
+    assert loader.loader.prefetch_factor == 3
+    assert loader.loader.persistent_workers is True
+    assert loader.loader.worker_init_fn is tag_worker
+    in_process = echoing_loader(Indexed(8), batch_size=2, factor=2, point="batch", persistent_workers=True)
+    assert in_process.loader.persistent_workers is False  # ignored without workers, like prefetch_factor
+    assert len(list(in_process)) == 8
+
+
+@pytest.mark.parametrize("point", ["after_augment", "batch"])
+def test_persistent_workers_live_across_epochs_and_follow_set_epoch(point):
+    def make(persistent):
+        return echoing_loader(Stamped(16), batch_size=2, factor=1.5, point=point, shuffle_buffer=3, num_workers=2,
+                              seed=1, persistent_workers=persistent, worker_init_fn=tag_worker)
+
+    def run(loader, epoch):
+        loader.set_epoch(epoch)
+        batches = [(x.tolist(), y.tolist(), pids.tolist(), tags.tolist()) for x, y, pids, tags in loader]
+        pids = {pid for batch in batches for pid in batch[2]}
+        assert {tag for batch in batches for tag in batch[3]} == {100, 101}  # worker_init_fn ran in each worker
+        return [batch[:2] for batch in batches], pids
+
+    persistent, plain = make(True), make(False)
+    (epoch0, pids0), (epoch1, pids1), (again0, pids2) = (run(persistent, epoch) for epoch in (0, 1, 0))
+    assert pids0 == pids1 == pids2 and len(pids0) == 2 and os.getpid() not in pids0  # the same two workers
+    assert epoch1 != epoch0 and again0 == epoch0  # set_epoch reached them
+    (plain0, plain_pids0), (plain1, plain_pids1) = run(plain, 0), run(plain, 1)
+    assert plain0 == epoch0 and plain1 == epoch1  # the same batches as workers started per pass
+    assert not plain_pids0 & plain_pids1  # which are new processes every pass
+
+
+# ------------------------------------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("point", POINTS)
+def test_resume_mid_epoch_yields_exactly_the_rest_of_the_epoch(point, num_workers):
+    for factor in (2, 1.5):
+
+        def make(factor=factor):  # with workers, a fractional factor also tries persistent ones
+            return echoing_loader(Indexed(23), batch_size=3, factor=factor, point=point, augment=add_noise,
+                                  shuffle_buffer=4, num_workers=num_workers, seed=3,
+                                  persistent_workers=num_workers > 0 and factor == 1.5)
+
+        uninterrupted = make()
+        uninterrupted.set_epoch(0)
+        list(uninterrupted)  # a first epoch, so that the counters carry something over
+        uninterrupted.set_epoch(1)
+        expected = batches_as_lists(uninterrupted)
+        stop = len(expected) // 2 + 1
+
+        interrupted = make()
+        list(interrupted)
+        interrupted.set_epoch(1)
+        batches = iter(interrupted)
+        head = [(x.tolist(), y.tolist()) for x, y in itertools.islice(batches, stop)]
+        state = interrupted.state_dict()
+        del batches  # stops its workers
+        assert state["epoch"] == 1 and state["batches"] == stop
+        saved = io.BytesIO()
+        torch.save(state, saved)
+        saved.seek(0)
+
+        resumed = make()
+        resumed.load_state_dict(torch.load(saved))  # plain numbers and strings: weights_only loading is enough
+        assert resumed.state_dict() == state
+        resumed.set_epoch(1)  # a training loop sets the epoch again: the resume stays
+        rest = batches_as_lists(resumed)
+        assert head + rest == expected, factor
+        assert (resumed.fresh_examples, resumed.examples) == (uninterrupted.fresh_examples, uninterrupted.examples)
+        assert resumed.state_dict()["batches"] == len(expected)
+        assert batches_as_lists(resumed) == expected  # the next pass is a whole epoch again
+
+
+def test_resume_is_dropped_by_another_epoch_and_checks_the_settings():
+    def make(**kwargs):
+        arguments = dict(batch_size=2, factor=2, point="after_augment", seed=0) | kwargs
+        return echoing_loader(Indexed(10), **arguments)
+
+    loader = make()
+    loader.set_epoch(3)
+    next(iter(loader))
+    state = loader.state_dict()
+    assert state["batches"] == 1
+    resumed = make()
+    resumed.load_state_dict(state)
+    resumed.set_epoch(4)  # not the saved epoch: it starts at its start
+    assert resumed.state_dict()["batches"] == 0
+    fresh = make()
+    fresh.set_epoch(4)
+    assert batches_as_lists(resumed) == batches_as_lists(fresh)
+    with pytest.raises(ValueError, match=r"Cannot resume: the state was saved with num_workers=0, this loader has "
+                                         r"num_workers=2"):
+        make(num_workers=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="num_replicas=1, this loader has num_replicas=2"):
+        make(num_replicas=2).load_state_dict(state)
+    other_rank = make(num_replicas=2, rank=0)
+    with pytest.raises(ValueError, match="rank=0, this loader has rank=1"):
+        make(num_replicas=2, rank=1).load_state_dict(other_rank.state_dict())
