@@ -11,11 +11,13 @@ its k best experts, and the layer's output for the token is the gate-weighted su
 Top-1 uses the raw probability as its gate, as Switch does: renormalising one gate would make it 1 and cut the
 router off from the task loss's gradient. With k >= 2 the k gates are renormalised to sum to 1 (Mesh-TF, ST-MoE).
 
-Two auxiliary losses are kept on the module after every forward (``aux_loss = c_b · L_b + c_z · L_z``); add it to
-the task loss:
+Two auxiliary losses are kept on the module (``aux_loss = c_b · L_b + c_z · L_z``, summed over the forwards since
+it was last read, so two forwards before one backward count both); add it to the task loss:
 
   * router z-loss (ST-MoE Eq. 5), ``router_z_loss``: L_z = mean over tokens of logsumexp(logits)^2. It keeps the
-    logits small, where float round-off in the softmax is small. c_z = 1e-3 by default (the paper's value).
+    logits small, where float round-off in the softmax is small. c_z = 1e-3 by default (the paper's value). Its
+    minimum, logsumexp = 0, makes the logits log-probabilities; since max <= logsumexp <= max + ln E, it pins each
+    token's top logit into [-ln E, 0] while leaving the logits' differences (the routing) free.
   * load balancing (Switch App. A), ``load_balancing_loss``: L_b = E · sum_i f_i · P_i, f_i the fraction of tokens
     whose top-1 expert is i (no gradient), P_i the mean probability of expert i. Uniform routing gives 1, total
     collapse onto one expert gives E. c_b = 1e-2 by default (the paper's value).
@@ -28,21 +30,22 @@ dropped because of a later one; with k >= 2 a later token's first choice does ou
 (as in Mesh-TF). A dropped assignment contributes nothing; a token that loses all k gets a zero output (the residual
 connection around the layer carries it on).
 
-Dispatch by index, no [T, E, C] one-hot tensors (routing metadata is O(T · k)):
+Dispatch by index, no [T, E, C] one-hot tensors and no padding (routing metadata is O(T · k)):
 
   1. flatten the k·T assignments choice-major (all first choices in token order, then all second choices, ...);
   2. stable-sort them by expert: within an expert the order is now exactly the drop order above;
   3. position within the expert = rank in the sorted list minus the expert's start; keep those below C;
-  4. gather the kept tokens' rows straight into a zero-padded buffer [E, C_buf, d_model] (C_buf = the fullest
-     expert's kept count, never more than C) and run all experts at once as batched matrix products (torch.bmm);
-  5. scale each output row by its gate and add it to its token with index_add (empty slots have gate 0 and add
-     into a spare row that is cut off).
+  4. gather the kept assignments' token rows in that order, so each expert's rows form one contiguous segment, and
+     run every linear map of the experts as one grouped matmul (_GroupedMatmul: one torch.mm per non-empty segment
+     into one output, and in the backward pass one per segment into a single [E, ...] weight gradient);
+  5. scale each output row by its gate and add it to its token with index_add.
 
-Reading the fullest expert's count is the forward's one host sync (the buffer then wastes only the imbalance, not
-the whole capacity: eval's factor 2.0 would double the work). Tried and measured on a 2-core CPU (d_model 256,
-d_ff 512, 4096 tokens): a loop of per-expert torch.mm over the sorted rows pads nothing, but was no faster at 8-16
-experts and 10-30% slower at 32-64 (small GEMMs, and every count must reach the host); a hand-written grouped-GEMM
-autograd function (per-expert mm into preallocated outputs) was no faster than bmm either.
+Reading the segment sizes (E integers) is the forward's one host sync. Why segments and not one batched matmul over
+a zero-padded [E, C, d_model] buffer, the Switch/GShard layout: the buffer must be as deep as the fullest expert, so
+every imbalance is paid for in padding (on random tokens a freshly initialised router's fullest expert holds 1.3-1.6
+times the mean at 64 experts, 1.1-1.25 at 8), and eval's capacity factor of 2.0 would double the work. MegaBlocks
+avoids the padding the same way on GPUs. tests/benchmarks/bench_moe.py times this layer against the padded layout,
+HF Mixtral's block, a hand-written per-expert loop and a dense FFN of the same active FLOPs.
 
 Randomness, all during training only (eval mode is deterministic): router jitter (multiplies the router's input by
 uniform noise in [1 - eps, 1 + eps], Switch), the "sampled" second-expert policy (Mesh-TF / ST-MoE, defined there
@@ -64,9 +67,14 @@ The all_to_all_single calls work with gloo on CPU and NCCL on GPU. Gradients of 
 need no all-reduce across this group (each expert lives on one rank); router gradients do (DDP does it).
 
 Peers' conventions differ; what this file matches, and where others stand:
-  * balance loss: flaxformer and HF Switch compute mean(f · P) · E^2, the same value as E · sum(f · P). HF Switch's
-    default coefficient is 1e-3, 10x below the paper's 1e-2 (ours). HF Mixtral counts f over all k top-k slots, so its
-    minimum is k rather than 1.
+  * balance loss: flaxformer and HF Switch compute mean(f · P) · E^2, the same value as E · sum(f · P) for one group
+    of tokens. HF Switch forms f and P per sequence and averages over sequences, so on a batch of several sequences
+    the values differ (by a few percent on random logits, 2-3x when sequences favour different experts); here f and
+    P are over all T tokens of the forward. HF Switch's default coefficient is 1e-3, 10x below the paper's 1e-2
+    (ours). HF Mixtral counts f over all k top-k slots, so its minimum is k rather than 1.
+  * experts: expert_type="swiglu" is Mixtral's expert, down(silu(gate(x)) · up(x)); with top_k >= 2 and no capacity
+    the layer reproduces HF's MixtralSparseMoeBlock on copied weights (at top-1 Mixtral renormalises the one gate to
+    1, Switch and this layer do not).
   * capacity counts token-expert assignments (CF · k · T / E, as DeepSpeed and Tutel do); CF · T / E with top-2
     would force half of all assignments to drop at CF 1.0.
 
@@ -74,7 +82,7 @@ Usage:
 
     moe = MoE(d_model=512, d_ff=2048, num_experts=32, top_k=2)
     h = h + moe(norm(h))                  # [..., d_model] -> [..., d_model]
-    loss = task_loss + moe.aux_loss       # c_b · L_b + c_z · L_z of that forward
+    loss = task_loss + moe.aux_loss       # c_b · L_b + c_z · L_z of the forwards since the last read
     moe.float_stats()                     # dropped fractions, expert load, router entropy, logit sizes
 """
 
@@ -88,7 +96,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-EXPERT_TYPES = ("ffn", "geglu")
+EXPERT_TYPES = ("ffn", "geglu", "swiglu")  # swiglu: SiLU-gated, as Mixtral's experts
+GATED = {"geglu": F.gelu, "swiglu": F.silu}
 SECOND_POLICIES = ("all", "sampled")
 ROUTER_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -110,6 +119,13 @@ def _autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 takes no device type
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype:
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
 
 # ----------------------------------------------------------------------------------------------------- losses
@@ -177,6 +193,82 @@ def router_probabilities(logits: torch.Tensor, dtype: torch.dtype = torch.float3
     return torch.softmax(logits.to(dtype), dim=-1).float()
 
 
+# ----------------------------------------------------------------------------------------------- capacity
+
+
+def expert_capacity(tokens: int, top_k: int, num_experts: int, factor: float | None) -> int | None:
+    """Token-expert assignments one expert may take in a forward: floor(factor · top_k · tokens / num_experts), at
+    least 1; None when factor is None (dropless).
+
+    tokens >= 0, 1 <= top_k <= num_experts, factor > 0 or None. The product is rounded to 9 decimals before the floor,
+    so that 0.29 · 100 counts as 29, not 28 (0.29 · 100 is 28.999999999999996 in floating point). This is the one
+    capacity rule: MoE uses it, and so does the chapter's analysis.
+    """
+    if not _is_int(tokens) or tokens < 0:
+        raise _invalid("tokens", tokens, "an int >= 0")
+    if not _is_int(num_experts) or num_experts < 1:
+        raise _invalid("num_experts", num_experts, "an int >= 1")
+    if not _is_int(top_k) or not 1 <= top_k <= num_experts:
+        raise _invalid("top_k", top_k, f"an int with 1 <= top_k <= num_experts = {num_experts}")
+    if factor is None:
+        return None
+    if not (_is_real(factor) and factor > 0):
+        raise _invalid("factor", factor, "factor > 0, or None for dropless")
+    return max(1, math.floor(round(factor * top_k * tokens / num_experts, 9)))
+
+
+# ------------------------------------------------------------------------------------------- grouped matmul
+
+
+class _GroupedMatmul(torch.autograd.Function):
+    """rows [N, a] @ weight[e] for contiguous row segments, one per expert: out[s_e : s_e + n_e] = rows[s_e : s_e +
+    n_e] @ weight[e], with n_e = counts[e] (Python ints, summing to N) and weight [E, a, b]; out [N, b].
+
+    No padding (each expert multiplies exactly its rows) and no per-expert autograd nodes: the backward pass writes
+    every expert's weight gradient straight into one [E, a, b] tensor (slicing weight[e] under autograd would instead
+    give each expert a full-size zero gradient to sum, E times the weights' memory traffic).
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weight, counts):
+        ctx.save_for_backward(rows, weight)
+        ctx.counts = counts
+        out = rows.new_empty((rows.shape[0], weight.shape[2]))
+        for segment, expert, result in zip(rows.split(counts), weight.unbind(0), out.split(counts)):
+            torch.mm(segment, expert, out=result)  # an empty segment is a no-op
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, weight = ctx.saved_tensors
+        counts = ctx.counts
+        grad = grad.contiguous().split(counts)
+        grad_rows = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = torch.empty_like(rows)
+            for g, expert, result in zip(grad, weight.unbind(0), grad_rows.split(counts)):
+                torch.mm(g, expert.t(), out=result)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.empty_like(weight)
+            for segment, g, result in zip(rows.split(counts), grad, grad_weight.unbind(0)):
+                torch.mm(segment.t(), g, out=result)  # an empty segment writes zeros
+        return grad_rows, grad_weight, None
+
+
+def _grouped_linear(rows, weight, bias, counts, expert_of_row):
+    """rows [N, a] -> [N, b] through expert e's weight [a, b] (and bias [b]) for its segment (see _GroupedMatmul)."""
+    device_type = rows.device.type
+    if _autocast_enabled(device_type):  # a matmul under autocast runs in its dtype; a custom Function must cast
+        dtype = _autocast_dtype(device_type)
+        rows, weight = rows.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device_type=device_type, enabled=False):
+            out = _GroupedMatmul.apply(rows, weight, counts)
+    else:
+        out = _GroupedMatmul.apply(rows, weight, counts)
+    return out if bias is None else out + bias.index_select(0, expert_of_row)
+
+
 # ------------------------------------------------------------------------------------------------- exchange
 
 
@@ -208,7 +300,8 @@ class MoE(nn.Module):
     top_k: experts per token, 1 <= k <= E. capacity_factor / eval_capacity_factor: in training / eval mode, each
     expert takes floor(factor · k · T / E) assignments (at least 1), > 0, or None for dropless.
     z_loss_coef, balance_loss_coef: c_z, c_b >= 0 in aux_loss. router_jitter: eps in [0, 1), multiplicative noise on
-    the router's input in training. expert_type: "ffn" (GELU) or "geglu" (gelu(x W_g) * (x W_in), then W_out).
+    the router's input in training. expert_type: "ffn" (GELU), "geglu" (gelu(x W_g) * (x W_in), then W_out) or
+    "swiglu" (silu in place of gelu: Mixtral's experts).
     second_policy: "all" uses every top-k choice; "sampled" uses a choice j >= 2 with probability
     min(1, g_j / second_threshold) in training (Mesh-TF; threshold 0.2), every choice in eval.
     expert_dropout: dropout on the experts' hidden activations in training, in [0, 1).
@@ -217,13 +310,14 @@ class MoE(nn.Module):
     for expert parallelism (this rank holds E / W experts), or None for all experts here. generator: a
     torch.Generator for jitter and sampling (on any device; draws are moved to the input's), or None.
 
-    Parameters: router.weight [E, d_model]; w_in [E_local, d_model, d_ff], w_gate (geglu) [E_local, d_model, d_ff],
-    w_out [E_local, d_ff, d_model]; with bias, b_in / b_gate [E_local, d_ff], b_out [E_local, d_model]. Initialised
-    as nn.Linear does (uniform in +-1/sqrt(fan_in)) from torch's default generator, expert by expert; every rank draws
-    all E experts and keeps its own, so an expert-parallel layer built under a seed holds the same weights as a
-    one-process layer built under that seed.
+    Parameters: router.weight [E, d_model]; w_in [E_local, d_model, d_ff], w_gate (geglu, swiglu) [E_local, d_model,
+    d_ff], w_out [E_local, d_ff, d_model]; with bias, b_in / b_gate [E_local, d_ff], b_out [E_local, d_model].
+    Initialised as nn.Linear does (uniform in +-1/sqrt(fan_in)) from torch's default generator, expert by expert; every
+    rank draws all E experts and keeps its own, so an expert-parallel layer built under a seed holds the same weights
+    as a one-process layer built under that seed.
 
-    After each forward: aux_loss (scalar tensor, differentiable) and stats (dict of detached tensors, no host sync:
+    After each forward: aux_loss (scalar tensor, differentiable, summed over forwards until read: see aux_loss) and
+    stats (the last forward's; a dict of detached tensors, no host sync:
     dropped_fraction, tokens_dropped_fraction, expert_load [E], router_entropy, mean_logsumexp, max_abs_logit,
     z_loss, balance_loss); float_stats() reads them as Python floats. Under expert parallelism both describe this
     rank's tokens.
@@ -307,14 +401,16 @@ class MoE(nn.Module):
         local, d, f = self.num_local_experts, self.d_model, self.d_ff
         self.router = nn.Linear(d, self.num_experts, bias=False, **factory)  # initialised by nn.Linear
         self.w_in = nn.Parameter(torch.empty(local, d, f, **factory))
-        self.w_gate = nn.Parameter(torch.empty(local, d, f, **factory)) if expert_type == "geglu" else None
+        self.w_gate = nn.Parameter(torch.empty(local, d, f, **factory)) if expert_type in GATED else None
         self.w_out = nn.Parameter(torch.empty(local, f, d, **factory))
         self.b_in = nn.Parameter(torch.empty(local, f, **factory)) if bias else None
-        self.b_gate = nn.Parameter(torch.empty(local, f, **factory)) if bias and expert_type == "geglu" else None
+        self.b_gate = nn.Parameter(torch.empty(local, f, **factory)) if bias and expert_type in GATED else None
         self.b_out = nn.Parameter(torch.empty(local, d, **factory)) if bias else None
         self._init_experts()
 
-        self.aux_loss: torch.Tensor | None = None  # c_b · L_b + c_z · L_z of the last forward
+        self._aux_sum: torch.Tensor | None = None  # c_b · L_b + c_z · L_z summed over the forwards since the last read
+        self._aux_read = False  # set when aux_loss is read
+        self._aux_spent = [False]  # set by a backward through the forwards summed so far (their graph is freed)
         self.stats: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -385,14 +481,10 @@ class MoE(nn.Module):
         return indices, gates
 
     def capacity(self, num_tokens: int) -> int | None:
-        """Assignments each expert may take in a forward over num_tokens tokens in the current mode (None: dropless).
-
-        floor(factor · k · T / E), at least 1; the product is rounded to 9 decimals first, so 0.29 · 100 counts as 29.
-        """
+        """Assignments each expert may take in a forward over num_tokens tokens in the current mode (None: dropless):
+        expert_capacity(num_tokens, top_k, num_experts, factor) with the train or eval capacity factor."""
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
-        if factor is None:
-            return None
-        return max(1, math.floor(round(factor * self.top_k * num_tokens / self.num_experts, 9)))
+        return expert_capacity(num_tokens, self.top_k, self.num_experts, factor)
 
     # ---------------------------------------------------------------------------------------------- experts
 
@@ -405,19 +497,29 @@ class MoE(nn.Module):
             last = self.first_expert + self.num_local_experts - 1
             raise _invalid("expert index", i, f"an int in [{self.first_expert}, {last}] (the experts on this rank)")
         x2d = self._check(x2d, two_d=True)
-        return self._ffn(x2d.unsqueeze(0), slice(local, local + 1))[0]
+        return self._experts(x2d, [x2d.shape[0]], first=local)
 
-    def _ffn(self, buffer: torch.Tensor, experts: slice = slice(None)) -> torch.Tensor:
-        """The local experts ``experts`` (default: all) at once on a padded buffer [E, C, d_model] -> [E, C, d_model]
-        (torch.bmm); ``expert(i, x)`` is the one-expert case."""
+    def _experts(self, rows: torch.Tensor, counts: list[int], first: int = 0) -> torch.Tensor:
+        """Local experts first, first + 1, ... on rows [N, d_model] grouped by expert in contiguous segments of
+        counts[0], counts[1], ... rows (Python ints summing to N) -> [N, d_model]; ``expert(i, x)`` is one segment.
 
-        def linear(x, weight, bias):
-            weight = weight[experts]
-            return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias[experts].unsqueeze(1), x, weight)
+        Each linear map is one grouped matmul (_GroupedMatmul): no padding, no per-expert autograd nodes."""
+        experts = slice(first, first + len(counts))
+        whole = len(counts) == self.num_local_experts  # the parameters themselves: slicing them costs a gradient copy
+        expert_of_row = None
+        if self.b_in is not None:
+            sizes = torch.tensor(counts, device=rows.device)
+            expert_of_row = torch.repeat_interleave(torch.arange(len(counts), device=rows.device), sizes,
+                                                    output_size=rows.shape[0])
 
-        hidden = linear(buffer, self.w_in, self.b_in)
-        if self.expert_type == "geglu":
-            hidden = F.gelu(linear(buffer, self.w_gate, self.b_gate)) * hidden
+        def linear(h, weight, bias):
+            if not whole:
+                weight, bias = weight[experts], None if bias is None else bias[experts]
+            return _grouped_linear(h, weight, bias, counts, expert_of_row)
+
+        hidden = linear(rows, self.w_in, self.b_in)
+        if self.expert_type in GATED:
+            hidden = GATED[self.expert_type](linear(rows, self.w_gate, self.b_gate)) * hidden
         else:
             hidden = F.gelu(hidden)
         hidden = F.dropout(hidden, self.expert_dropout, self.training)
@@ -431,22 +533,19 @@ class MoE(nn.Module):
         dist.all_to_all_single(recv_counts, kept_counts, group=group)  # E counts each way: local experts per rank
         sent, received = torch.stack([kept_counts, recv_counts]).view(2, world, local).tolist()  # the host sync
         send_splits, recv_splits = [sum(row) for row in sent], [sum(row) for row in received]
-        capacity = max(1, max(sum(column) for column in zip(*received)))  # the fullest local expert's rows
         if torch.is_grad_enabled() and not rows.requires_grad:
             rows = rows.detach().requires_grad_()  # so that every rank joins the backward exchange of the rows
         arrived = _AllToAll.apply(rows, send_splits, recv_splits, group)
 
-        # arrived comes in blocks, source rank by source rank, and within one by local expert. A row's slot in the
-        # padded buffer: its expert's first slot + rows of that expert from earlier sources + its place in its block.
-        num_rows, blocks = arrived.shape[0], recv_counts
-        block_start = blocks.cumsum(0) - blocks
-        earlier = blocks.view(world, local).cumsum(0) - blocks.view(world, local)
-        shift = earlier.reshape(-1) - block_start
-        block = torch.repeat_interleave(torch.arange(world * local, device=rows.device), blocks, output_size=num_rows)
-        slot = (block % local) * capacity + torch.arange(num_rows, device=rows.device) + shift[block]
-        buffer = arrived.new_zeros(local * capacity, self.d_model).index_copy(0, slot, arrived)
-        out = self._ffn(buffer.view(local, capacity, self.d_model)).view(local * capacity, self.d_model)
-        return _AllToAll.apply(out.index_select(0, slot), recv_splits, send_splits, group)
+        # arrived comes in blocks, source rank by source rank, and within one by local expert. A stable sort by
+        # local expert groups it expert by expert (sources in rank order) for the grouped matmuls, and back.
+        num_rows = arrived.shape[0]
+        block = torch.repeat_interleave(torch.arange(world * local, device=rows.device), recv_counts,
+                                        output_size=num_rows)
+        by_expert = torch.sort(block % local, stable=True)[1]
+        back = torch.empty_like(by_expert).scatter_(0, by_expert, torch.arange(num_rows, device=rows.device))
+        out = self._experts(arrived.index_select(0, by_expert), [sum(column) for column in zip(*received)])
+        return _AllToAll.apply(out.index_select(0, back), recv_splits, send_splits, group)
 
     # ---------------------------------------------------------------------------------------------- forward
 
@@ -490,36 +589,26 @@ class MoE(nn.Module):
             expert = torch.cat([expert[:num_tokens], expert[num_tokens:].masked_fill(~used.reshape(-1), num_experts)])
         sorted_expert, order = torch.sort(expert, stable=True)  # stable: choice-major, then token order, per expert
         counts = torch.bincount(expert, minlength=num_experts + 1)  # [E + 1]; the last counts unused choices
-        start = counts.cumsum(0) - counts
-        position = torch.arange(expert.numel(), device=expert.device) - start[sorted_expert]  # place in its expert
         capacity = self.capacity(num_tokens)
-        keep = sorted_expert < num_experts
-        if capacity is not None:
-            keep &= position < capacity
         kept_counts = counts[:num_experts] if capacity is None else counts[:num_experts].clamp(max=capacity)
-        token = order % num_tokens  # [k·T], in sorted order
-
-        if self.world_size == 1 and num_tokens == 0:
-            y, served = x2d.clone(), token  # nothing to route: [0, d_model]
-        elif self.world_size == 1:
-            # Gather straight into the padded buffer [E, C_buf, d] and add straight back from it: slot s holds token
-            # slot_token[s] with gate slot_gate[s]. An empty slot repeats token[0] (the first sorted assignment, which
-            # is always kept) with gate 0: it adds exactly 0 and passes back a zero gradient, and x needs no zero row.
-            width = max(1, int(kept_counts.max()))  # C_buf <= capacity: the forward's one host sync
-            slots = num_experts * width
-            slot = torch.where(keep, sorted_expert * width + position, slots)  # slots: a dump for the dropped
-            slot_token = token[:1].expand(slots + 1).clone().scatter_(0, slot, token)[:slots]
-            slot_gate = gate.new_zeros(slots + 1).scatter(0, slot, gate.index_select(0, order))[:slots]
-            buffer = x2d.index_select(0, slot_token).view(num_experts, width, d)
-            out = self._ffn(buffer).view(slots, d)
-            y = out.new_zeros(num_tokens, d).index_add_(0, slot_token, out * slot_gate.to(out.dtype).unsqueeze(1))
-            served = token.masked_fill(~keep, num_tokens)
+        sizes = kept_counts.tolist()  # the segment sizes of the grouped matmuls: the forward's one host sync
+        if capacity is None:
+            kept = order[: sum(sizes)]  # unused choices sort last
         else:
-            chosen = keep.nonzero().squeeze(1)  # kept assignments in sorted order: grouped by expert
-            served = token.index_select(0, chosen)
-            out = self._exchange_and_run(x2d.index_select(0, served), kept_counts)
-            weight = gate.index_select(0, order.index_select(0, chosen)).to(out.dtype).unsqueeze(1)
-            y = out.new_zeros(num_tokens, d).index_add_(0, served, out * weight)
+            start = counts.cumsum(0) - counts
+            position = torch.arange(expert.numel(), device=expert.device) - start[sorted_expert]  # place in its expert
+            kept = order.masked_select((sorted_expert < num_experts) & (position < capacity))
+        # kept: the kept assignments grouped by expert, each expert's in drop order. Their rows go to the experts as
+        # contiguous segments, one per expert, and their gated outputs are added back to their tokens.
+        token = kept % max(num_tokens, 1)
+        rows = x2d.index_select(0, token)
+        if self.world_size == 1:
+            out = self._experts(rows, sizes)
+        else:
+            out = self._exchange_and_run(rows, kept_counts)
+        weight = gate.index_select(0, kept).to(out.dtype).unsqueeze(1)
+        y = out.new_zeros(num_tokens, d).index_add_(0, token, out * weight)
+        served = token
 
         self._record(logits, probs, indices, counts[:num_experts], kept_counts, served, num_tokens)
         return y.view(*shape[:-1], d)
@@ -533,12 +622,21 @@ class MoE(nn.Module):
         logits32 = logits.float()
         if num_tokens == 0:
             zero = logits32.sum()  # 0, attached to the graph
-            self.aux_loss, z_loss, balance, lse = zero, zero, zero, logits32.new_zeros(0)
+            aux, z_loss, balance, lse = zero, zero, zero, logits32.new_zeros(0)
         else:
             lse = torch.logsumexp(logits32, dim=-1)  # router_z_loss's, shared with the stats below
             z_loss = lse.pow(2).mean()
             balance = _balance_loss(probs, indices[:, 0])
-            self.aux_loss = self.balance_loss_coef * balance + self.z_loss_coef * z_loss
+            aux = self.balance_loss_coef * balance + self.z_loss_coef * z_loss
+        pending = self._aux_sum
+        if pending is None or self._aux_read or self._aux_spent[0] or pending.requires_grad != aux.requires_grad:
+            self._aux_sum, self._aux_spent = aux, [False]  # a new sum (see aux_loss)
+        else:
+            self._aux_sum = pending + aux
+        self._aux_read = False
+        if logits.requires_grad:  # a backward through this forward (through y or aux_loss) spends the sum
+            spent = self._aux_spent
+            logits.register_hook(lambda grad: spent.__setitem__(0, True))
         with torch.no_grad():
             logits32, lse = logits32.detach(), lse.detach()
             assigned = counts.sum().clamp(min=1).float()
@@ -557,6 +655,22 @@ class MoE(nn.Module):
                 "z_loss": z_loss.detach(),
                 "balance_loss": balance.detach(),
             }
+
+    @property
+    def aux_loss(self) -> torch.Tensor | None:
+        """c_b · L_b + c_z · L_z (a scalar tensor, differentiable), summed over every forward since it was last read;
+        None before the first forward.
+
+        Read it once per backward: ``loss = task_loss + moe.aux_loss``. Two forwards before one backward (gradient
+        accumulation, or the same layer applied twice) give the sum of both; reading it again before the next
+        forward returns the same value (for logging). The next forward starts a new sum when the last one was read,
+        when a backward has run through the summed forwards (through their outputs or their aux loss: their graph
+        is spent), or when it runs in the other grad mode (e.g. under torch.no_grad, as in evaluation). Over a model's
+        layers, sum the layers' values (accel.models.lm.TransformerLM.aux_loss does), as MegaBlocks and HF's
+        Mixtral do with their per-layer losses.
+        """
+        self._aux_read = True
+        return self._aux_sum
 
     def float_stats(self) -> dict:
         """The last forward's stats as Python floats (expert_load as a list), with one transfer from the device."""

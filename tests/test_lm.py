@@ -318,4 +318,6 @@ def test_with_accel_moe_options_and_causality():
     changed = idx.clone()
     changed[0, 11] = (changed[0, 11] + 1) % 64
     with torch.no_grad():
-        assert torch.equal(model(idx)[:, :11], model(changed)[:, :11])
+        # Equal up to float rounding: the experts' matmuls see other row counts (other kernel blocking); a drop
+        # would change an output by a whole expert's contribution.
+        assert torch.allclose(model(idx)[:, :11], model(changed)[:, :11], rtol=0, atol=1e-6)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from _gloo import run_two_ranks  # tests/_gloo.py: the two-rank launcher
 
-from accel.moe import MoE, load_balancing_loss, router_probabilities, router_z_loss
+from accel.moe import MoE, expert_capacity, load_balancing_loss, router_probabilities, router_z_loss
 
 HERE = Path(__file__).resolve().parent
 
@@ -99,7 +99,8 @@ def test_route_picks_top_k_and_renormalises(top_k):
 
 
 @pytest.mark.parametrize(
-    "top_k, expert_type, bias", [(1, "ffn", False), (2, "ffn", True), (3, "geglu", False), (2, "geglu", True)]
+    "top_k, expert_type, bias",
+    [(1, "ffn", False), (2, "ffn", True), (3, "geglu", False), (2, "geglu", True), (2, "swiglu", True)],
 )
 def test_dropless_output_is_the_gated_sum_of_routed_experts(top_k, expert_type, bias):
     torch.manual_seed(0)
@@ -123,6 +124,9 @@ def test_expert_formulas():
     geglu = MoE(6, 10, 3, expert_type="geglu")
     h = F.gelu(x @ geglu.w_gate[2]) * (x @ geglu.w_in[2])
     assert torch.allclose(geglu.expert(2, x), h @ geglu.w_out[2], atol=1e-6)
+    swiglu = MoE(6, 10, 3, expert_type="swiglu")
+    h = F.silu(x @ swiglu.w_gate[0]) * (x @ swiglu.w_in[0])
+    assert torch.allclose(swiglu.expert(0, x), h @ swiglu.w_out[0], atol=1e-6)
     assert ffn.w_in.shape == (3, 6, 10) and ffn.w_out.shape == (3, 10, 6) and ffn.router.weight.shape == (3, 6)
     assert ffn.router.bias is None
 
@@ -149,6 +153,38 @@ def test_capacity_formula():
     assert moe.capacity(4096) == 512
     assert MoE(8, 16, 1, top_k=1, capacity_factor=0.29).capacity(100) == 29  # not 28 from 28.999999999999996
     assert MoE(8, 16, 4, capacity_factor=None).capacity(100) is None
+
+
+def test_expert_capacity_is_the_floor_of_the_exact_product_over_a_grid():
+    from fractions import Fraction
+
+    import accel.experiments.moe as chapter
+
+    assert chapter.expert_capacity is expert_capacity  # the chapter's analysis uses the layer's rule
+    for factor in (0.1, 0.29, 0.3, 0.7, 1.0, 1.1, 1.25, 1.3, 2.0, 3.7):
+        for experts in (1, 3, 8, 16, 64):
+            for top_k in sorted({1, 2, min(3, experts)}):
+                if top_k > experts:
+                    continue
+                moe = MoE(4, 4, experts, top_k=top_k, capacity_factor=factor, eval_capacity_factor=None)
+                for tokens in (0, 1, 7, 100, 333, 1000, 4096):
+                    exact = Fraction(str(factor)) * top_k * tokens / experts  # the decimal factor, exactly
+                    expected = max(1, math.floor(exact))
+                    assert expert_capacity(tokens, top_k, experts, factor) == expected, (tokens, top_k, experts, factor)
+                    assert moe.train().capacity(tokens) == expected
+                    assert moe.eval().capacity(tokens) is None
+    assert expert_capacity(100, 1, 1, 0.29) == 29  # 0.29 · 100 is 28.999999999999996 in floating point
+    assert expert_capacity(100, 2, 4, None) is None
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [((-1, 1, 4, 1.0), "tokens"), ((8, 0, 4, 1.0), "top_k"), ((8, 5, 4, 1.0), "top_k"), ((8, 1, 0, 1.0), "num_experts"),
+     ((8, 1, 4, 0.0), "factor"), ((8, 1, 4, math.nan), "factor"), ((8.0, 1, 4, 1.0), "tokens")],
+)
+def test_expert_capacity_rejects_bad_arguments(args, name):
+    with pytest.raises(ValueError, match=f"Invalid {name}: "):
+        expert_capacity(*args)
 
 
 def test_over_capacity_drops_later_tokens():
@@ -261,6 +297,121 @@ def test_aux_loss_is_the_weighted_sum_and_trains_the_router():
     assert moe.w_in.grad is None and moe.w_out.grad is None
 
 
+def test_an_expert_without_tokens_gets_a_zero_gradient():
+    moe = _steered(4).train()
+    moe.capacity_factor = None
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.9, 0.0, 0.1, 0.0]])  # experts 0 and 2 only
+    moe(x).pow(2).sum().backward()
+    for name in ("w_in", "w_out"):
+        grad = getattr(moe, name).grad
+        assert torch.equal(grad[1], torch.zeros_like(grad[1])) and torch.equal(grad[3], torch.zeros_like(grad[3]))
+        assert grad[0].abs().sum() > 0 and grad[2].abs().sum() > 0
+
+
+def _router_grad_of(moe: MoE, loss: torch.Tensor) -> torch.Tensor:
+    moe.zero_grad()
+    loss.backward()
+    return moe.router.weight.grad.clone()
+
+
+def test_aux_loss_sums_two_forwards_before_one_backward():
+    torch.manual_seed(0)
+    moe = MoE(8, 16, 4, top_k=2).train()
+    first, second = _randn(16, 8, seed=1), _randn(12, 8, seed=2)
+    # Reference: each forward's aux loss read on its own (a read starts a new sum at the next forward).
+    moe(first)
+    aux_first = moe.aux_loss
+    moe(second)
+    aux_second = moe.aux_loss
+    expected = _router_grad_of(moe, aux_first + aux_second)
+    # Two forwards, then one read: the sum of both.
+    moe(first)
+    moe(second)
+    summed = moe.aux_loss
+    assert summed.item() == pytest.approx(aux_first.item() + aux_second.item(), rel=1e-6)
+    assert moe.aux_loss is summed  # reading again before the next forward gives the same value
+    assert torch.allclose(_router_grad_of(moe, summed), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_aux_loss_starts_a_new_sum_after_a_backward_or_in_the_other_grad_mode():
+    torch.manual_seed(0)
+    moe = MoE(8, 16, 4, top_k=1).train()
+    x = _randn(16, 8)
+    moe(x).sum().backward()  # aux_loss never read: this backward spends that forward's graph
+    y = moe(x)
+    alone = moe.aux_loss
+    (y.sum() + alone).backward()  # works: the spent forward is not in the sum
+    moe(x)
+    single = moe.aux_loss.item()
+    moe(x)
+    with torch.no_grad():
+        moe(x)  # evaluation between training forwards: its own sum
+        assert not moe.aux_loss.requires_grad and moe.aux_loss.item() == pytest.approx(single)
+    moe(x)
+    assert moe.aux_loss.requires_grad and moe.aux_loss.item() == pytest.approx(single)
+
+
+def _mixtral_block_transcription(x, router_weight, gate_up_proj, down_proj, top_k):
+    """HF transformers' MixtralSparseMoeBlock (5.x weight layout: gate_up_proj [E, 2·I, H], down_proj [E, H, I]),
+    written out token by token: softmax of the router logits in float32, top-k, renormalised, then
+    sum_j w_j · down(silu(gate(x)) · up(x)) over the chosen experts."""
+    probs = torch.softmax((x @ router_weight.t()).float(), dim=-1)
+    top, chosen = probs.topk(top_k, dim=-1)
+    top = top / top.sum(dim=-1, keepdim=True)
+    intermediate = down_proj.shape[2]
+    y = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(top_k):
+            e = int(chosen[t, j])
+            gate, up = gate_up_proj[e, :intermediate], gate_up_proj[e, intermediate:]
+            y[t] += top[t, j] * (down_proj[e] @ (F.silu(gate @ x[t]) * (up @ x[t])))
+    return y
+
+
+@pytest.mark.parametrize("top_k", [2, 3])
+def test_swiglu_reproduces_mixtrals_block_on_copied_weights(top_k):
+    hidden, intermediate, experts = 12, 20, 6
+    generator = torch.Generator().manual_seed(0)
+    router_weight = torch.randn(experts, hidden, generator=generator) * 0.5
+    gate_up_proj = torch.randn(experts, 2 * intermediate, hidden, generator=generator) / math.sqrt(hidden)
+    down_proj = torch.randn(experts, hidden, intermediate, generator=generator) / math.sqrt(intermediate)
+    x = torch.randn(40, hidden, generator=generator)
+    expected = _mixtral_block_transcription(x, router_weight, gate_up_proj, down_proj, top_k)
+
+    moe = MoE(hidden, intermediate, experts, top_k=top_k, capacity_factor=None, eval_capacity_factor=None,
+              expert_type="swiglu")
+    with torch.no_grad():
+        moe.router.weight.copy_(router_weight)
+        moe.w_gate.copy_(gate_up_proj[:, :intermediate].transpose(1, 2))  # [E, H, I]: x @ w_gate = gate(x)
+        moe.w_in.copy_(gate_up_proj[:, intermediate:].transpose(1, 2))
+        moe.w_out.copy_(down_proj.transpose(1, 2))  # [E, I, H]
+    for mode in (moe.train, moe.eval):
+        mode()
+        assert torch.allclose(moe(x), expected, rtol=1e-5, atol=1e-6)
+        assert moe.float_stats()["dropped_fraction"] == 0.0
+
+
+def test_swiglu_matches_transformers_mixtral_block_when_installed():
+    modeling = pytest.importorskip("transformers.models.mixtral.modeling_mixtral")
+    from transformers import MixtralConfig
+
+    config = MixtralConfig(hidden_size=16, intermediate_size=24, num_local_experts=8, num_experts_per_tok=2,
+                           hidden_act="silu", router_jitter_noise=0.0)
+    torch.manual_seed(0)
+    block = modeling.MixtralSparseMoeBlock(config)
+    for parameter in block.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    moe = MoE(16, 24, 8, top_k=2, capacity_factor=None, eval_capacity_factor=None, expert_type="swiglu")
+    with torch.no_grad():
+        moe.router.weight.copy_(block.gate.weight)
+        moe.w_gate.copy_(block.experts.gate_up_proj[:, :24].transpose(1, 2))
+        moe.w_in.copy_(block.experts.gate_up_proj[:, 24:].transpose(1, 2))
+        moe.w_out.copy_(block.experts.down_proj.transpose(1, 2))
+    x = _randn(2, 10, 16)
+    with torch.no_grad():
+        assert torch.allclose(moe(x), block(x), rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ randomness, eval mode
 
 
@@ -334,7 +485,7 @@ def test_expert_dropout_only_in_training():
         ({"z_loss_coef": -1e-3}, "z_loss_coef", "z_loss_coef >= 0"),
         ({"balance_loss_coef": float("nan")}, "balance_loss_coef", "balance_loss_coef >= 0"),
         ({"router_jitter": 1.0}, "router_jitter", "0 <= router_jitter < 1"),
-        ({"expert_type": "swiglu"}, "expert_type", "one of ('ffn', 'geglu')"),
+        ({"expert_type": "reglu"}, "expert_type", "one of ('ffn', 'geglu', 'swiglu')"),
         ({"second_policy": "random"}, "second_policy", "one of ('all', 'sampled')"),
         ({"second_threshold": 0}, "second_threshold", "second_threshold > 0"),
         ({"expert_dropout": 1.0}, "expert_dropout", "0 <= expert_dropout < 1"),

@@ -32,6 +32,7 @@ from torch import nn
 from accel.datasets.text import TextCorpus, ValidationWindows, load_corpus, random_windows
 from accel.experiments import pick_config
 from accel.models.lm import TransformerLM
+from accel.moe import expert_capacity
 
 # --- paper numbers (ST-MoE, arXiv 2202.08906) -----------------------------------------------------------------------
 
@@ -401,11 +402,6 @@ def run_arms(cfg: Config, data: TextCorpus, device: torch.device, arms: Iterable
 
 # --- the analytic pieces --------------------------------------------------------------------------------------------
 
-def capacity(tokens: int, num_experts: int, capacity_factor: float, top_k: int = 1) -> int:
-    """Token-expert assignments one expert may take: floor(CF · k · T / E), at least 1 (as accel.moe counts it)."""
-    return max(1, math.floor(capacity_factor * top_k * tokens / num_experts))
-
-
 def uniform_drop_floor(tokens: int, num_experts: int, capacity_factor: float, top_k: int = 1) -> float:
     """Expected share of assignments dropped when every token picks its k experts uniformly at random.
 
@@ -413,7 +409,7 @@ def uniform_drop_floor(tokens: int, num_experts: int, capacity_factor: float, to
     k/E), and its overflow E[max(0, X - C)] is summed exactly over the binomial pmf. A router that balances
     perfectly *on average* still pays this floor, because the loads of one batch fluctuate.
     """
-    c = capacity(tokens, num_experts, capacity_factor, top_k)
+    c = expert_capacity(tokens, top_k, num_experts, capacity_factor)
     if top_k == num_experts:  # every token goes to every expert: the load is exactly T
         return max(0, tokens - c) / tokens
     p = top_k / num_experts
@@ -431,7 +427,7 @@ def simulated_uniform_drops(tokens: int, num_experts: int, capacity_factor: floa
     generator = torch.Generator().manual_seed(seed)
     choices = torch.rand(trials, tokens, num_experts, generator=generator).topk(top_k, dim=-1).indices
     loads = F.one_hot(choices, num_experts).sum(dim=(1, 2))  # [trials, E]
-    c = capacity(tokens, num_experts, capacity_factor, top_k)
+    c = expert_capacity(tokens, top_k, num_experts, capacity_factor)
     return float((loads - c).clamp(min=0).sum() / (trials * tokens * top_k))
 
 

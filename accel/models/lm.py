@@ -24,7 +24,8 @@ beside each sparse one). The defaults reproduce the feasibility study's model: 4
 The MoE layers come from a factory (default :class:`accel.moe.MoE`, imported only when a model with MoE layers is
 built), so a reader can drop in another implementation. The model relies on this much of the layer's interface:
 ``factory(d_model, d_ff, num_experts, **kwargs)`` builds it, ``forward(x [B, T, d]) -> [B, T, d]``, and after each
-forward ``.aux_loss`` (a scalar tensor, the weighted auxiliary losses) and ``.stats`` (a dict). ``router_init_std``
+forward ``.aux_loss`` (a scalar tensor, the weighted auxiliary losses; accel's sums the forwards since it was last
+read) and ``.stats`` (a dict). ``router_init_std``
 further needs the router weight at ``.router.weight``; :meth:`TransformerLM.num_parameters` with ``active_only``
 treats every parameter of the layer outside ``.router`` as expert weights split evenly over the experts.
 """
@@ -233,7 +234,8 @@ class TransformerLM(nn.Module):
     **config.moe_arguments())`` builds each MoE layer (default :class:`accel.moe.MoE`).
 
     Training loss: ``F.cross_entropy(logits.flatten(0, 1), targets.flatten()) + model.aux_loss()``, where
-    :meth:`aux_loss` sums the MoE layers' weighted auxiliary losses (z-loss and load balancing) of the last forward.
+    :meth:`aux_loss` sums the MoE layers' weighted auxiliary losses (z-loss and load balancing) of the forwards since
+    it was last called (one forward per backward: that forward's).
     """
 
     def __init__(
@@ -319,7 +321,8 @@ class TransformerLM(nn.Module):
         return [block.ffn for block in self.blocks if block.is_moe]
 
     def aux_loss(self) -> torch.Tensor:
-        """Sum of the MoE layers' ``.aux_loss`` from the last forward (already weighted by the layers' coefficients);
+        """Sum of the MoE layers' ``.aux_loss`` (already weighted by the layers' coefficients; each layer's covers the
+        forwards since it was last read, so call this once per backward);
         a zero scalar when the model has no MoE layers or none has run yet. Add it to the cross-entropy."""
         losses = [loss for m in self.moe_layers() if (loss := getattr(m, "aux_loss", None)) is not None]
         if not losses:

@@ -1,34 +1,34 @@
-"""Benchmark (run on demand): accel.moe.MoE's forward+backward against three ways to do the same layer.
+"""Benchmark (run on demand): accel.moe.MoE's forward+backward against the implementations a user would otherwise pick.
 
     python tests/benchmarks/bench_moe.py [--tokens 1024 4096 16384] [--experts 8 16 32 64] [--top-k 1 2]
-                                         [--d-model 256] [--d-ff 512] [--device cpu] [--dtype float32] [--out x.json]
+                                         [--d-model 256] [--d-ff 512] [--repeats 7] [--device cpu]
+                                         [--dtype float32] [--malloc keep] [--no-peers] [--in-process]
+                                         [--out x.json]
 
-For each (tokens T, experts E, top-k) it times one forward and backward (the layer's output times a fixed random
-upstream gradient) of:
-  * dense: a plain FFN d_model -> k · d_ff -> d_model with GELU: the same active FLOPs per token as the MoE's k
-    experts in one GEMM pair, the speed ceiling (what the MoE would cost if routing and dispatch were free);
-  * moe: accel.moe.MoE (sort-based dispatch by index, padded batched matmul, index_add combine), with its aux losses
-    and stats as it always computes them;
-  * onehot: GShard / Switch / Mesh-TF style: dispatch and combine tensors [T, E, C] built from cumsums of one-hot
-    masks, tokens moved with einsum (C = capacity);
-  * loop: HF style: a Python loop over experts, each taking its tokens with a boolean mask (torch.where), its own
-    weight tensors, results added with index_add_ (as HF Mixtral does; capacity from a cumsum of one-hot masks).
-The three sparse arms share the router and expert weights, use the same top-k routing
-(float32 router, gates renormalised for k >= 2, raw top-1 probability for k = 1) and the same capacity rule
-(train capacity factor 1.25, first choices before second choices, token order within), and the script checks that
-their outputs agree before timing. Defaults: d_model 256, d_ff 512 (per expert; the dense FFN has k · 512), no biases.
+Every arm is a SwiGLU mixture (Mixtral's expert: down(silu(gate(x)) · up(x))) with the same router and expert weights,
+timed for one forward and backward (the output times a fixed random upstream gradient):
+  * dense: one SwiGLU FFN d_model -> k · d_ff -> d_model, the same active FLOPs per token as the MoE's k experts in
+    three large GEMMs: the ceiling (what the MoE would cost if routing and dispatch were free);
+  * accel, accel_cf: accel.moe.MoE(expert_type="swiglu"), dropless and with capacity factor 1.25 (its aux losses and
+    stats are computed as always);
+  * hf: transformers' MixtralSparseMoeBlock (dropless) with copied weights, when transformers is installed (a peer,
+    never a dependency); --no-peers leaves it out;
+  * loop, loop_cf: the per-expert loop a user writes by hand (HF's classic style): for each expert, its tokens from
+    a boolean mask (torch.where), its own weight tensors, results added with index_add_; dropless and with capacity
+    factor 1.25 (first choices before second choices, token order within);
+  * padded: accel's previous layout, for the record: assignments sorted by expert into a zero-padded [E, C, d]
+    buffer as deep as the fullest expert, all experts as one torch.bmm.
+All arms share the routing (float32 softmax, top-k, gates renormalised for k >= 2, raw top-1 probability for k = 1;
+HF's block renormalises at k = 1 too, so at k = 1 its output differs by the gate and only its time is compared), and
+the script checks that the outputs agree before timing.
 
-Memory: on CUDA, the peak memory allocated during the step above what the parameters and inputs hold
-(torch.cuda.max_memory_allocated). On CPU no allocator statistic exists, so it reports the bytes of the routing and
-dispatch tensors each method materialises, computed from their shapes: onehot, the dispatch and combine tensors
-(2 · T · E · C floats); moe, its O(T · k) index vectors, the slot maps and the padded input buffer [E, C_buf, d];
-loop, the [E, k, T] expert mask. The onehot arm is skipped where its two tensors would exceed --max-onehot-gb.
-
-Times are medians over --repeats runs after two warm-ups, the arms interleaved so that load changes hit all alike.
-Prints a table with ratios against the dense ceiling measured in the same run; writes JSON with --out.
-On CPU, glibc's malloc returns big freed buffers to the OS and faults them in again on the next step, which costs
-the sparse arms (more and larger temporaries, E times the weight gradients) more than the dense one; --malloc keep
-turns that off for all arms alike (as jemalloc or tcmalloc would). Report which one you ran.
+Isolation: every grid point runs in a fresh Python process (allocator state and caches left by an earlier point
+changed timings by up to 8x late in one long process); --in-process runs them all in this one instead. Within a point,
+two warm-up rounds, then --repeats rounds in which every arm runs once, in an order rotated each round, so that
+load changes hit all arms alike. Each round gives every arm's ratio to the dense arm of the same round (a paired
+ratio); the table prints the median paired ratio and, in the JSON, their range and the median milliseconds.
+On CPU, --malloc keep stops glibc from returning big freed blocks to the OS (see keep_freed_memory); say which you ran.
+Prints one row per point; --out writes JSON with the machine and versions.
 """
 
 from __future__ import annotations
@@ -37,15 +37,20 @@ import argparse
 import ctypes
 import json
 import math
+import os
 import platform
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from accel.moe import MoE
+from accel.moe import MoE, expert_capacity
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CAPACITY_FACTOR = 1.25
+ARMS = ("dense", "accel", "accel_cf", "hf", "loop", "loop_cf", "padded")
 
 
 def sync(device: torch.device) -> None:
@@ -54,11 +59,12 @@ def sync(device: torch.device) -> None:
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed blocks in the process: no mmap for big blocks, no trimming of the heap.
+    """Ask glibc's malloc to keep freed blocks in the process (no mmap for big blocks, no trimming of the heap).
 
-    By default glibc hands big freed buffers back to the OS and the next step faults them in again (zeroed page by
-    page); a layer that allocates more or larger temporaries per step pays more for that than one GEMM pair does.
-    jemalloc or tcmalloc (which PyTorch's CPU tuning guide recommends) avoid it as well. True if glibc accepted.
+    By default glibc hands freed blocks above 32 MiB back to the OS and the next step faults them in again, zeroed
+    page by page. An MoE's weight gradients are E / k times the dense FFN's (64 experts, d 256, d_ff 512: 32 MiB per
+    matrix), so it pays that on every backward and the dense arm does not. jemalloc or tcmalloc (PyTorch's CPU tuning
+    guide recommends them) avoid it too. True if glibc accepted.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -75,198 +81,226 @@ def route(x: torch.Tensor, router_weight: torch.Tensor, k: int) -> tuple[torch.T
     return indices, (top if k == 1 else top / top.sum(dim=-1, keepdim=True))
 
 
-def capacity_of(tokens: int, experts: int, k: int, factor: float) -> int:
-    return max(1, math.floor(round(factor * k * tokens / experts, 9)))
+def swiglu(x, w_gate, w_up, w_down):
+    return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down
 
 
-def onehot_masks(indices: torch.Tensor, experts: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """For each choice j: (kept [T, E] one-hot mask after capacity, position [T] in the expert), Mesh-TF style:
-    positions from a cumsum over tokens, choice j counting after all kept choices < j."""
-    prior = torch.zeros(experts, device=indices.device, dtype=torch.long)
-    out = []
-    for j in range(indices.shape[1]):
-        mask = F.one_hot(indices[:, j], experts)  # [T, E]
-        position = (mask.cumsum(dim=0) - 1 + prior) * mask
-        mask = mask * (position < capacity)
-        prior = prior + mask.sum(dim=0)
-        out.append((mask, position.sum(dim=1)))
-    return out
+def kept_mask(indices: torch.Tensor, experts: int, capacity: int | None) -> torch.Tensor:
+    """[E, k, T] bool: assignment (token t, choice j) to expert e is kept. Over capacity, first choices rank before
+    second choices, and tokens in order within a choice (accel.moe's drop order)."""
+    tokens, k = indices.shape
+    mask = F.one_hot(indices, experts).permute(2, 1, 0).bool()  # [E, k, T]
+    if capacity is None:
+        return mask
+    position = mask.reshape(experts, k * tokens).cumsum(dim=1).view(experts, k, tokens)  # 1-based, choice-major
+    return mask & (position <= capacity)
 
 
-def onehot_layer(x, router_weight, w_in, w_out, k, factor):
-    """GShard/Switch dispatch: dispatch and combine [T, E, C], einsum in and out, experts as bmm."""
-    tokens, experts = x.shape[0], w_in.shape[0]
-    capacity = capacity_of(tokens, experts, k, factor)
+def loop_layer(x, router_weight, experts, k, capacity_factor):
+    """The hand-written per-expert loop: for each expert its (token, choice) pairs from a mask, run, index_add_."""
     indices, gates = route(x, router_weight, k)
-    dispatch = x.new_zeros(tokens, experts, capacity)
-    combine = x.new_zeros(tokens, experts, capacity)
-    for j, (mask, position) in enumerate(onehot_masks(indices, experts, capacity)):
-        placed = mask.unsqueeze(2) * F.one_hot(position.clamp(max=capacity - 1), capacity).unsqueeze(1)  # [T, E, C]
-        dispatch = dispatch + placed.to(x.dtype)
-        combine = combine + placed.to(x.dtype) * gates[:, j, None, None].to(x.dtype)
-    expert_in = torch.einsum("tec,td->ecd", dispatch, x)
-    out = torch.bmm(F.gelu(torch.bmm(expert_in, w_in)), w_out)
-    return torch.einsum("tec,ecd->td", combine, out)
-
-
-def loop_layer(x, router_weight, experts, k, factor):
-    """HF style: for each expert, take its tokens with a boolean mask, run it, index_add_ the gated result."""
-    tokens, num_experts = x.shape[0], len(experts)
-    capacity = capacity_of(tokens, num_experts, k, factor)
-    indices, gates = route(x, router_weight, k)
-    masks = onehot_masks(indices, num_experts, capacity)
-    expert_mask = torch.stack([mask for mask, _ in masks]).permute(2, 0, 1).bool()  # [E, k, T]
+    capacity = expert_capacity(x.shape[0], k, len(experts), capacity_factor)
+    mask = kept_mask(indices, len(experts), capacity)
     y = torch.zeros_like(x)
-    for e, (w_in, w_out) in enumerate(experts):
-        choice, token = torch.where(expert_mask[e])
-        if token.numel() == 0:
-            continue
-        out = F.gelu(x[token] @ w_in) @ w_out
-        y.index_add_(0, token, out * gates[token, choice, None].to(out.dtype))
+    for e, (w_gate, w_up, w_down) in enumerate(experts):
+        choice, token = torch.where(mask[e])
+        if token.numel():
+            out = swiglu(x[token], w_gate, w_up, w_down)
+            y.index_add_(0, token, out * gates[token, choice, None].to(out.dtype))
     return y
 
 
-def dense_layer(x, w_in, w_out):
-    return F.gelu(x @ w_in) @ w_out
+def padded_layer(x, router_weight, w_gate, w_up, w_down, k):
+    """Sort the assignments by expert, place them in a zero-padded [E, C, d] buffer (C = the fullest expert's
+    count), run the experts as one bmm each way, add the gated rows back (dropless)."""
+    tokens, d = x.shape
+    experts = w_gate.shape[0]
+    indices, gates = route(x, router_weight, k)
+    expert = indices.t().reshape(-1)
+    sorted_expert, order = torch.sort(expert, stable=True)
+    counts = torch.bincount(expert, minlength=experts)
+    position = torch.arange(expert.numel(), device=x.device) - (counts.cumsum(0) - counts)[sorted_expert]
+    width = int(counts.max())
+    slot = sorted_expert * width + position
+    token = order % tokens
+    buffer = x.new_zeros(experts * width, d).index_copy(0, slot, x.index_select(0, token)).view(experts, width, d)
+    out = torch.bmm(F.silu(torch.bmm(buffer, w_gate)) * torch.bmm(buffer, w_up), w_down).view(-1, d)
+    gate = gates.t().reshape(-1).index_select(0, order).to(out.dtype).unsqueeze(1)
+    return x.new_zeros(tokens, d).index_add(0, token, out.index_select(0, slot) * gate)
 
 
-def run_point(tokens, experts, k, args, device, dtype) -> dict:
+def hf_block(moe: MoE, device, dtype):
+    """transformers' MixtralSparseMoeBlock holding moe's weights, or None when transformers is not installed."""
+    try:
+        from transformers import MixtralConfig
+        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+    except ImportError:
+        return None
+    config = MixtralConfig(hidden_size=moe.d_model, intermediate_size=moe.d_ff, num_local_experts=moe.num_experts,
+                           num_experts_per_tok=moe.top_k, hidden_act="silu", router_jitter_noise=0.0)
+    block = MixtralSparseMoeBlock(config).to(device, dtype)
+    with torch.no_grad():
+        block.gate.weight.copy_(moe.router.weight)
+        block.experts.gate_up_proj.copy_(torch.cat([moe.w_gate, moe.w_in], dim=2).transpose(1, 2))
+        block.experts.down_proj.copy_(moe.w_out.transpose(1, 2))
+    return block.train()
+
+
+def run_point(tokens: int, experts: int, k: int, args) -> dict:
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
     d, f = args.d_model, args.d_ff
     torch.manual_seed(0)
-    moe = MoE(d, f, experts, top_k=k, capacity_factor=args.capacity_factor, z_loss_coef=1e-3,
-              balance_loss_coef=1e-2).to(device, dtype)
-    moe.train()
+    accel = MoE(d, f, experts, top_k=k, capacity_factor=None, expert_type="swiglu").to(device, dtype).train()
+    accel_cf = MoE(d, f, experts, top_k=k, capacity_factor=CAPACITY_FACTOR, expert_type="swiglu").to(device, dtype)
+    accel_cf.load_state_dict(accel.state_dict())
+    accel_cf.train()
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(tokens, d, generator=generator).to(device, dtype).requires_grad_()
     upstream = torch.randn(tokens, d, generator=generator).to(device, dtype)
+
+    def leaf(t):
+        return t.detach().clone().requires_grad_()
+
     bound_in, bound_out = 1 / math.sqrt(d), 1 / math.sqrt(k * f)
-    dense_in = (torch.rand(d, k * f, generator=generator) * 2 - 1).mul(bound_in).to(device, dtype).requires_grad_()
-    dense_out = (torch.rand(k * f, d, generator=generator) * 2 - 1).mul(bound_out).to(device, dtype).requires_grad_()
-    router = moe.router.weight
-    w_in, w_out = moe.w_in, moe.w_out
-    loop_experts = [(w_in[e].detach().clone().requires_grad_(), w_out[e].detach().clone().requires_grad_())
-                    for e in range(experts)]
-    capacity = capacity_of(tokens, experts, k, args.capacity_factor)
-    onehot_bytes = 2 * tokens * experts * capacity * torch.finfo(dtype).bits // 8
+    dense = [leaf((torch.rand(d, k * f, generator=generator) * 2 - 1).mul(bound_in).to(device, dtype)),
+             leaf((torch.rand(d, k * f, generator=generator) * 2 - 1).mul(bound_in).to(device, dtype)),
+             leaf((torch.rand(k * f, d, generator=generator) * 2 - 1).mul(bound_out).to(device, dtype))]
+    router = accel.router.weight
+    loop_experts = [(leaf(accel.w_gate[e]), leaf(accel.w_in[e]), leaf(accel.w_out[e])) for e in range(experts)]
+    padded = [leaf(accel.w_gate), leaf(accel.w_in), leaf(accel.w_out)]
+    hf = None if args.no_peers else hf_block(accel, device, dtype)
 
     arms = {
-        "dense": lambda: dense_layer(x, dense_in, dense_out),
-        "moe": lambda: moe(x),
-        "onehot": lambda: onehot_layer(x, router, w_in, w_out, k, args.capacity_factor),
-        "loop": lambda: loop_layer(x, router, loop_experts, k, args.capacity_factor),
+        "dense": lambda: swiglu(x, *dense),
+        "accel": lambda: accel(x),
+        "accel_cf": lambda: accel_cf(x),
+        "hf": lambda: hf(x.unsqueeze(0))[0],
+        "loop": lambda: loop_layer(x, router, loop_experts, k, None),
+        "loop_cf": lambda: loop_layer(x, router, loop_experts, k, CAPACITY_FACTOR),
+        "padded": lambda: padded_layer(x, router, *padded, k),
     }
-    if onehot_bytes > args.max_onehot_gb * 2**30:
-        del arms["onehot"]
-
-    outputs = {}
+    if hf is None:
+        del arms["hf"]
+    leaves = [x, *dense, *accel.parameters(), *accel_cf.parameters(), *padded]
+    leaves += [w for triple in loop_experts for w in triple] + ([] if hf is None else list(hf.parameters()))
 
     def step(name):
+        for p in leaves:
+            p.grad = None
         y = arms[name]()
         y.backward(upstream)
         return y
 
-    for name in arms:  # warm-up (twice), keeping the first outputs for the agreement check
-        outputs[name] = step(name).detach().float()
-        step(name)
-    stats = moe.float_stats()
-    reference = outputs["moe"]
-    scale = reference.abs().max().item()
-    agree = {n: (outputs[n] - reference).abs().max().item() / scale for n in ("onehot", "loop") if n in outputs}
+    outputs = {name: step(name).detach().float() for name in arms}  # first warm-up round, kept for the check
+    scale = outputs["accel"].abs().max().item()
+    pairs = [("loop", "accel"), ("padded", "accel"), ("loop_cf", "accel_cf")] + ([("hf", "accel")] if k > 1 else [])
+    agree = {a: (outputs[a] - outputs[b]).abs().max().item() / scale for a, b in pairs if a in outputs}
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
     for name, diff in agree.items():
-        assert diff < (1e-4 if dtype == torch.float32 else 5e-2), f"{name} disagrees with moe: {diff:.2e}"
+        assert diff < tolerance, f"{name} disagrees with accel: {diff:.2e}"
+    for name in arms:  # second warm-up round
+        step(name)
+    dropped = accel_cf.float_stats()["dropped_fraction"]
 
-    times = {name: [] for name in arms}
-    for _ in range(args.repeats):
-        for name in arms:
-            for p in (x, dense_in, dense_out, *moe.parameters(), *[w for pair in loop_experts for w in pair]):
-                p.grad = None
+    names = list(arms)
+    times = {name: [] for name in names}
+    for round_ in range(args.repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
             sync(device)
             start = time.perf_counter()
             step(name)
             sync(device)
             times[name].append(time.perf_counter() - start)
-    ms = {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
-
-    memory = {}
-    if device.type == "cuda":
-        for name in arms:
-            for p in (x, dense_in, dense_out, *moe.parameters(), *[w for pair in loop_experts for w in pair]):
-                p.grad = None
-            sync(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            step(name)
-            sync(device)
-            memory[name] = torch.cuda.max_memory_allocated(device) - base
-        memory_kind = "cuda peak allocated above baseline, bytes"
-    else:
-        element = torch.finfo(dtype).bits // 8
-        buffer_rows = min(capacity, max(1, round(max(stats["expert_load"]) * k * tokens)))  # C_buf
-        slots = experts * buffer_rows
-        memory = {"dense": 0, "onehot": onehot_bytes,
-                  # seven int64 vectors of k·T (expert, sorted, order, position, token, slot, gate) and two of E·C_buf
-                  # (slot_token, slot_gate), plus the padded input buffer [E, C_buf, d]
-                  "moe": 8 * (7 * k * tokens + 2 * slots) + slots * d * element,
-                  "loop": experts * k * tokens}  # the [E, k, T] bool mask
-        memory_kind = "analytic bytes of routing/dispatch tensors"
-    row = {"tokens": tokens, "experts": experts, "top_k": k, "capacity": capacity,
-           "dropped_fraction": stats["dropped_fraction"], "ms": ms,
-           "x_dense": {n: ms[n] / ms["dense"] for n in ms},
-           "moe_speedup_vs_onehot": ms["onehot"] / ms["moe"] if "onehot" in ms else None,
-           "moe_speedup_vs_loop": ms["loop"] / ms["moe"],
-           "max_rel_diff_vs_moe": agree, "memory": memory, "memory_kind": memory_kind}
-    return row
+    ratios = {name: sorted(t / base for t, base in zip(times[name], times["dense"])) for name in names}
+    return {
+        "tokens": tokens, "experts": experts, "top_k": k,
+        "capacity": expert_capacity(tokens, k, experts, CAPACITY_FACTOR), "dropped_fraction_cf": dropped,
+        "ms": {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()},
+        "x_dense": {name: r[len(r) // 2] for name, r in ratios.items()},
+        "x_dense_range": {name: [r[0], r[-1]] for name, r in ratios.items()},
+        "max_rel_diff_vs_accel": agree,
+    }
 
 
-def fmt(row: dict, name: str) -> str:
-    if name not in row["ms"]:
-        return f"{'skipped':>16}"
-    return f"{row['ms'][name]:8.1f} ({row['x_dense'][name]:5.2f}x)"
+def point_in_subprocess(tokens: int, experts: int, k: int, argv: list[str]) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), *argv, "--point", str(tokens), str(experts), str(k)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"grid point T={tokens} E={experts} k={k} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def verdict(row: dict) -> str:
+    """Which arm was slowest among accel and the peers it must beat, per mode."""
+    ratio = row["x_dense"]
+    dropless = {n: ratio[n] for n in ("accel", "hf", "loop") if n in ratio}
+    capped = {n: ratio[n] for n in ("accel_cf", "loop_cf") if n in ratio}
+    beaten_by = [n for n, v in dropless.items() if n != "accel" and v < ratio["accel"]]
+    beaten_by += [n for n, v in capped.items() if n != "accel_cf" and v < ratio["accel_cf"]]
+    return "accel fastest" if not beaten_by else "accel slower than " + ", ".join(beaten_by)
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--experts", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--top-k", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--d-ff", type=int, default=512)
-    parser.add_argument("--capacity-factor", type=float, default=1.25)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--max-onehot-gb", type=float, default=2.0, help="skip onehot above this many GiB")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                        help="float32 on CPU, bfloat16 on CUDA by default (the router stays float32)")
+                        help="float32 on CPU, bfloat16 on CUDA by default (routers stay float32)")
     parser.add_argument("--malloc", default="default", choices=["default", "keep"],
                         help="keep: glibc keeps freed memory (mallopt), as jemalloc/tcmalloc would (CPU runs)")
+    parser.add_argument("--no-peers", action="store_true", help="leave out transformers' Mixtral block")
+    parser.add_argument("--in-process", action="store_true", help="run every grid point in this process")
+    parser.add_argument("--point", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if args.malloc == "keep" and not keep_freed_memory():
         parser.error("--malloc keep needs glibc (mallopt failed)")
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    print(f"device {device}, dtype {dtype}, d_model {args.d_model}, d_ff {args.d_ff} per expert, "
-          f"capacity factor {args.capacity_factor}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"malloc {args.malloc}")
-    print("ms per forward+backward (x the dense FFN with k·d_ff); drop: moe's dropped assignments; MB: see --help")
-    print(f"{'T':>6} {'E':>3} {'k':>2} {'C':>5} {'drop':>6} {'dense':>9} {'moe':>16} {'onehot':>16} {'loop':>16}"
-          f" {'onehot/moe':>10} {'loop/moe':>8} {'MB moe':>8} {'MB onehot':>9}")
+    if args.point is not None:  # a child process: one grid point, one JSON line
+        print(json.dumps(run_point(*args.point, args)))
+        return {}
+
+    child_argv = [a for a in argv if a != "--in-process"]
+    child_argv = [a for i, a in enumerate(child_argv) if not (a == "--out" or (i and child_argv[i - 1] == "--out"))]
+    try:
+        import transformers
+
+        peer = None if args.no_peers else f"transformers {transformers.__version__}"
+    except ImportError:
+        peer = None
+    print(f"device {args.device}, dtype {args.dtype}, d_model {args.d_model}, d_ff {args.d_ff} per expert (SwiGLU), "
+          f"capacity factor {CAPACITY_FACTOR} for *_cf, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"peer: {peer or 'none (transformers not installed or --no-peers)'}, "
+          f"{'one process' if args.in_process else 'a fresh process per point'}, malloc {args.malloc}")
+    print("median over rounds of (arm's time / dense FFN's time in the same round); dense in ms")
+    columns = [a for a in ARMS if a != "hf" or peer]
+    print(f"{'T':>6} {'E':>3} {'k':>2} {'drop cf':>7} {'dense ms':>9} " + " ".join(f"{a:>8}" for a in columns[1:]))
     rows = []
     for tokens in args.tokens:
         for experts in args.experts:
             for k in args.top_k:
-                row = run_point(tokens, experts, k, args, device, dtype)
+                if args.in_process:
+                    row = run_point(tokens, experts, k, args)
+                else:
+                    row = point_in_subprocess(tokens, experts, k, child_argv)
                 rows.append(row)
-                speedup = row["moe_speedup_vs_onehot"]
-                print(f"{tokens:>6} {experts:>3} {k:>2} {row['capacity']:>5} {row['dropped_fraction']:6.1%} "
-                      f"{row['ms']['dense']:9.1f} {fmt(row, 'moe')} {fmt(row, 'onehot')} {fmt(row, 'loop')} "
-                      f"{'' if speedup is None else f'{speedup:9.1f}x':>10} {row['moe_speedup_vs_loop']:7.1f}x "
-                      f"{row['memory']['moe'] / 2**20:8.1f} {row['memory'].get('onehot', math.nan) / 2**20:9.1f}",
-                      flush=True)
-    report = {"device": str(device), "dtype": str(dtype), "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "d_model": args.d_model,
-              "d_ff": args.d_ff, "capacity_factor": args.capacity_factor, "repeats": args.repeats,
-              "malloc": args.malloc, "rows": rows}
+                cells = " ".join(f"{row['x_dense'][a]:7.2f}x" for a in columns[1:])
+                print(f"{tokens:>6} {experts:>3} {k:>2} {row['dropped_fraction_cf']:7.1%} {row['ms']['dense']:9.1f} "
+                      f"{cells}  {verdict(row)}", flush=True)
+    report = {"device": args.device, "dtype": args.dtype, "machine": platform.processor() or platform.machine(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "peer": peer,
+              "isolation": "one process" if args.in_process else "fresh process per point", "malloc": args.malloc,
+              "d_model": args.d_model, "d_ff": args.d_ff, "capacity_factor": CAPACITY_FACTOR,
+              "repeats": args.repeats, "command": "python tests/benchmarks/bench_moe.py " + " ".join(argv),
+              "rows": rows}
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(report, handle, indent=1)
