@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import random
 from collections import Counter
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from _gloo import run_two_ranks  # tests/_gloo.py: the two-rank launcher
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
 from accel.infobatch import InfoBatch, WithIndex, _epoch_seed
 
@@ -92,11 +93,19 @@ def test_annealing_from_delta_times_num_epochs_even_when_not_whole(num_epochs, d
         sampler.update(list(sampler), _skewed(seed=epoch)[list(sampler)])
 
 
-def test_annealing_boundary_at_ten_epochs():
-    sampler = _trained(_skewed(), num_epochs=10, delta=0.875)  # delta * C = 8.75: epoch 8 prunes, epoch 9 does not
-    sampler.set_epoch(8)
-    assert len(sampler) < 200
-    sampler.set_epoch(9)
+@pytest.mark.parametrize("num_epochs, delta", [(10, 0.875), (20, 0.875), (3, 0.5), (7, 0.6), (8, 0.875)])
+def test_first_full_data_epoch_is_ceil_of_delta_times_num_epochs(num_epochs, delta):
+    # delta * C = 8.75 at C = 10: epoch 8 prunes, epoch 9 does not. The official code is back to full data one epoch
+    # earlier, at floor(delta * C), when delta * C is fractional (module docstring); both agree when it is whole (8).
+    sampler = _trained(_skewed(), num_epochs=num_epochs, delta=delta)
+    pruned = []
+    for epoch in range(1, num_epochs):
+        sampler.set_epoch(epoch)
+        pruned.append(len(sampler) < 200)
+        sampler.update(list(sampler), _skewed(seed=epoch)[list(sampler)])
+    first_full = math.ceil(delta * num_epochs)
+    assert pruned == [epoch < first_full for epoch in range(1, num_epochs)]
+    sampler.set_epoch(first_full)
     assert len(sampler) == 200 and torch.equal(sampler.weights(list(sampler)), torch.ones(200))
 
 
@@ -172,17 +181,25 @@ def test_update_stores_detached_scores_and_returns_the_weighted_mean():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_weighted_mean_is_bitwise_the_dot_divided_by_the_batch_size(dtype):
-    # update() divides by a cached tensor of the batch size (see _divisor); that must give the same bits as dividing
-    # by the int, for every batch size a loader yields (the last batch is shorter) and every float dtype.
+    # update() folds the division into the weights for the epoch's first power-of-two batch size (_scaled_lookup) and
+    # otherwise divides by a cached tensor of the batch size (_divisor). Both must give the same bits, value and
+    # gradient, as dividing the dot by the int, for every batch size a loader yields and every float dtype.
     sampler = _trained(_skewed(6000), num_epochs=4)
     sampler.set_epoch(1)
     order = torch.tensor(list(sampler))
     generator = torch.Generator().manual_seed(0)
-    for start, size in ((0, 128), (128, 96), (224, 2049), (2273, 128)):
+    start = 0
+    for size in (128, 96, 2049, 64, 128, 1):
         index = order[start:start + size]
-        losses = (torch.rand(len(index), generator=generator) * 5).to(dtype)
-        expected = torch.dot(losses, sampler.weights(index).to(dtype)) / len(index)
-        assert torch.equal(sampler.update(index, losses), expected)
+        start += size
+        losses = (torch.rand(len(index), generator=generator) * 5).to(dtype).requires_grad_()
+        reference = losses.detach().clone().requires_grad_()
+        expected = torch.dot(reference, sampler.weights(index).to(dtype)) / len(index)
+        loss = sampler.update(index, losses)
+        assert torch.equal(loss, expected)
+        loss.backward()
+        expected.backward()
+        assert torch.equal(losses.grad, reference.grad)
 
 
 def test_draw_is_the_int64_randperm_draw():
@@ -196,6 +213,36 @@ def test_draw_is_the_int64_randperm_draw():
     kept_below = well_learned[torch.randperm(len(well_learned), generator=generator)[: int(0.7 * len(well_learned))]]
     kept = torch.cat([(~below).nonzero().squeeze(1), kept_below])
     assert list(sampler) == kept[torch.randperm(len(kept), generator=generator)].tolist()
+
+
+def test_iterating_again_does_not_redraw_and_an_epoch_ends():
+    # Defect 4 of the official code: its sampler redrew the list on every iter() and was its own iterator; torch's
+    # BatchSampler cuts batches with itertools.islice, which calls iter() again for every batch: epochs never ended.
+    sampler = _trained(_skewed(), num_epochs=4)
+    sampler.set_epoch(1)
+    history = [dict(h) for h in sampler.history]
+    iterator = iter(sampler)
+    assert iter(iterator) is iterator
+    head = list(itertools.islice(iterator, 10))
+    sampler.update(head, torch.full((10,), 9.0))  # the scores move mid-epoch: still no new draw
+    rest = list(iterator)
+    assert head + rest == list(sampler) == list(iter(sampler)) and len(head + rest) == len(sampler) < 200
+    batches = list(BatchSampler(sampler, 16, drop_last=False))
+    assert len(batches) == math.ceil(len(sampler) / 16) and sum(batches, []) == head + rest
+    assert sampler.history == history and sampler.epoch == 1
+
+
+def test_state_dict_holds_the_int64_list_and_weights_one_off_the_list():
+    single = _trained(_skewed())
+    sampler = InfoBatch(200, 10, num_replicas=3, rank=1)
+    sampler.load_state_dict(single.state_dict())  # the same scores as the single process
+    for each in (single, sampler):
+        each.set_epoch(1)
+    state, order = sampler.state_dict(), torch.tensor(list(single))
+    assert state["order"].dtype == torch.int64 and torch.equal(state["order"], order)
+    expected = torch.ones(200)
+    expected[order] = single.weights(order)  # every rank saves the global weights, not only its own samples'
+    assert torch.equal(state["weights"], expected) and (expected == 2.0).any()
 
 
 def test_scores_keep_float32_for_half_precision_losses():
