@@ -137,6 +137,13 @@ def test_row_counts_with_field_offsets_match_a_per_sample_set_count():
     assert row_counts(ids, sum(sizes)).tolist() == expected
 
 
+def test_row_counts_on_overlapping_columns_match_a_per_sample_set_count():
+    ids = torch.randint(0, 12, (50, 4), generator=_gen(1))  # the columns share rows; samples hold rows twice
+    expected = [sum(row in set(sample) for sample in ids.tolist()) for row in range(12)]
+    assert row_counts(ids, 12).tolist() == expected
+    assert row_counts(torch.tensor([[0, 1], [1, 1]]), 3).tolist() == [1, 2, 0]  # columns [0, 1] and [1, 1] touch
+
+
 # ------------------------------------------------------------------------------------------- in place on .grad
 
 
@@ -360,6 +367,11 @@ def _model(sparse=False, seed=0):
     return TinyCTR(sparse=sparse)
 
 
+def _group(opt, name):
+    """The param group of that name."""
+    return next(g for g in opt.param_groups if g["name"] == name)
+
+
 def _train(model, opt, ids, labels, steps, batch):
     losses = []
     for step in range(steps):
@@ -367,7 +379,7 @@ def _train(model, opt, ids, labels, steps, batch):
         x, y = ids[lo : lo + batch], labels[lo : lo + batch]
         loss = F.binary_cross_entropy_with_logits(model(x), y)
         loss.backward()
-        opt.step(x)
+        opt.step(ids=x)
         opt.zero_grad()
         losses.append(loss.item())
     return losses
@@ -387,9 +399,10 @@ def test_warmup_schedule_is_linear_from_about_zero_then_constant():
     for _ in range(5):
         assert opt.dense_lr == opt.lr_at(opt.steps)
         F.binary_cross_entropy_with_logits(model(ids), labels).backward()
-        stats = opt.step(ids)
+        opt.step(ids=ids)
+        stats = opt.last_stats
         used.append(stats["lr"])
-        assert opt.dense_optimizer.param_groups[0]["lr"] == stats["lr"]
+        assert _group(opt, "dense")["lr"] == 3e-3  # the warm-up does not write the group's lr
         opt.zero_grad()
     assert used == pytest.approx([1e-8, 1e-3, 2e-3, 3e-3, 3e-3], rel=1e-4)
 
@@ -399,21 +412,23 @@ def test_learning_rates_land_on_the_right_parameters():
     opt = CowClip(model, model.embedding, batch_size=8192, warmup_steps=0)
     hp = scaled_hparams(8192)
     assert opt.lr == hp["lr"] and opt.l2 == hp["l2"] and opt.embed_lr == 1e-4
-    embed = {id(p) for g in opt.embedding_optimizer.param_groups for p in g["params"]}
-    dense = {id(p) for g in opt.dense_optimizer.param_groups for p in g["params"]}
+    embed = {id(p) for name in ("clipped_embedding", "embedding") for p in _group(opt, name)["params"]}
+    dense = {id(p) for p in _group(opt, "dense")["params"]}
     assert embed == {id(model.embedding.weight), id(model.linear.weight)}  # the linear embeddings too (not clipped)
     assert dense == {id(p) for p in model.mlp.parameters()}
-    assert opt.embedding_optimizer.param_groups[0]["lr"] == 1e-4
-    assert opt.dense_optimizer.param_groups[0]["lr"] == pytest.approx(hp["lr"])
-    assert opt.embedding_optimizer.param_groups[0]["eps"] == 1e-7 and opt.sparse_embedding_optimizer is None
+    assert _group(opt, "clipped_embedding")["lr"] == _group(opt, "embedding")["lr"] == 1e-4
+    assert _group(opt, "dense")["lr"] == pytest.approx(hp["lr"])
+    assert all(g["eps"] == 1e-7 for g in opt.param_groups)
+    assert [g["clip"] for g in opt.param_groups] == [True, False, False]
     assert [t is model.embedding.weight for t in opt.tables] == [True]
     # overrides: "sqrt scaling of all lrs" and "no scaling"
     opt = CowClip(model, model.embedding, batch_size=8192, embed_lr=1e-4 * math.sqrt(8), lr=8e-4, l2=1e-5)
     assert (opt.lr, opt.l2, opt.embed_lr) == (8e-4, 1e-5, pytest.approx(2.828427e-4))
     # explicit embedding_params: only the field table gets embed_lr; the linear embeddings are dense params
     opt = CowClip(model, model.embedding, batch_size=1024, embedding_params=[model.embedding])
-    assert [p for g in opt.embedding_optimizer.param_groups for p in g["params"]] == [model.embedding.weight]
-    assert any(p is model.linear.weight for p in opt.dense_params)
+    assert [g["name"] for g in opt.param_groups] == ["clipped_embedding", "dense"]
+    assert _group(opt, "clipped_embedding")["params"] == [model.embedding.weight]
+    assert any(p is model.linear.weight for p in _group(opt, "dense")["params"])
 
 
 def _grads_after_step(opt, model, ids, labels):
@@ -421,8 +436,8 @@ def _grads_after_step(opt, model, ids, labels):
     F.binary_cross_entropy_with_logits(model(ids), labels, reduction="sum").backward()
     raw = {name: p.grad.clone() for name, p in model.named_parameters()}
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    stats = opt.step(ids)
-    return raw, before, {name: p.grad for name, p in model.named_parameters()}, stats
+    opt.step(ids=ids)
+    return raw, before, {name: p.grad for name, p in model.named_parameters()}, opt.last_stats
 
 
 def test_clip_false_leaves_gradients_untouched_apart_from_l2():
@@ -460,8 +475,7 @@ def test_a_few_steps_decrease_the_loss_dense_and_sparse():
         losses = _train(model, opt, ids, labels, steps=40, batch=256)
         assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.02, (sparse, losses)
         if sparse:
-            assert model.embedding.weight.grad is None and opt.sparse_embedding_optimizer is not None
-            assert opt.embedding_optimizer is None
+            assert model.embedding.weight.grad is None
 
 
 def test_sparse_and_dense_embeddings_agree_on_touched_rows_after_one_step():
@@ -471,8 +485,8 @@ def test_sparse_and_dense_embeddings_agree_on_touched_rows_after_one_step():
         model = _model(sparse)
         opt = CowClip(model, model.embedding, batch_size=1024, l2=0.05, zeta=1e-4, embed_lr=1e-2, return_rows=True)
         F.binary_cross_entropy_with_logits(model(ids), labels, reduction="sum").backward()
-        stats = opt.step(ids)
-        results.append((model, stats))
+        opt.step(ids=ids)
+        results.append((model, opt.last_stats))
     (dense, a), (sparse, b) = results
     touched = a["tables"][0]["rows"]
     assert a["rows_clipped"] == b["rows_clipped"] > 0
@@ -514,13 +528,14 @@ def test_several_clipped_tables_take_a_list_of_ids():
     ids, labels = _data(32)
     opt = CowClip(model, [model.embedding, model.linear.weight], batch_size=1024, zeta=1e-4)
     F.binary_cross_entropy_with_logits(model(ids), labels).backward()
-    stats = opt.step([ids, ids])
+    opt.step(ids=[ids, ids])
+    stats = opt.last_stats
     per_table = 2 * int((row_counts(ids, ROWS) > 0).sum())
     assert stats["rows_touched"] == per_table
     opt.zero_grad()
     F.binary_cross_entropy_with_logits(model(ids), labels).backward()
     with pytest.raises(ValueError, match="Invalid ids"):
-        opt.step(ids)  # one tensor for two tables
+        opt.step(ids=ids)  # one tensor for two tables
     with pytest.raises(ValueError, match="Invalid ids: None"):
         opt.step()
 
@@ -579,7 +594,8 @@ def test_a_step_rejected_for_bad_ids_changes_nothing_and_a_retry_matches_a_clean
     clean_model = _model()
     clean = CowClip(clean_model, clean_model.embedding, batch_size=1024, l2=0.05, zeta=1e-4)
     backward(clean_model)
-    clean_stats = clean.step(ids)
+    clean.step(ids=ids)
+    clean_stats = clean.last_stats
 
     model = _model()
     opt = CowClip(model, model.embedding, batch_size=1024, l2=0.05, zeta=1e-4)
@@ -587,11 +603,12 @@ def test_a_step_rejected_for_bad_ids_changes_nothing_and_a_retry_matches_a_clean
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     for bad_ids in (ids + ROWS, ids - ROWS, ids.float()):  # out of range above, below; not integers
         with pytest.raises(ValueError, match="Invalid ids"):
-            opt.step(bad_ids)
+            opt.step(ids=bad_ids)
         for name, p in model.named_parameters():
             assert torch.equal(p.grad, grads[name]), name  # no L2 term added, nothing clipped
     assert opt.steps == 0
-    assert opt.step(ids) == clean_stats
+    opt.step(ids=ids)
+    assert opt.last_stats == clean_stats
     for p, q in zip(model.parameters(), clean_model.parameters()):
         assert torch.equal(p, q)
 
@@ -606,7 +623,7 @@ def test_a_step_without_the_clipped_tables_gradient_changes_nothing():
     model.embedding.weight.grad = None
     linear_grad = model.linear.weight.grad.clone()
     with pytest.raises(RuntimeError, match="no gradient"):
-        opt.step(ids)
+        opt.step(ids=ids)
     assert torch.equal(model.linear.weight.grad, linear_grad)
 
 
@@ -629,3 +646,371 @@ def test_clip_embedding_grad_return_rows_must_be_a_bool():
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(ValueError, match="Invalid return_rows: 'no'; expected True or False"):
         clip_embedding_grad_(emb, torch.tensor([1]), return_rows="no")
+
+
+# ------------------------------------------------------------------------------ the torch.optim.Optimizer contract
+
+
+def test_every_docstring_example_in_the_module_runs():
+    import doctest
+
+    import accel.cowclip
+
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = [t for t in finder.find(accel.cowclip) if t.examples]
+    assert {t.name for t in tests} >= {"accel.cowclip", "accel.cowclip.CowClip"}
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
+
+
+PLAIN_ROWS, PLAIN_IDS = 30, 3  # a plain table without field offsets: a sample may hold a row twice
+
+
+def _plain_model(seed=0, sparse=False):
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Embedding(PLAIN_ROWS, 4, sparse=sparse),
+        nn.Flatten(),
+        nn.Linear(PLAIN_IDS * 4, 16),
+        nn.ReLU(),
+        nn.Linear(16, 1),
+    )
+    with torch.no_grad():
+        model[0].weight.mul_(0.01)
+    return model
+
+
+def _plain_data(n, seed=0):
+    gen = _gen(seed)
+    ids = torch.randint(0, PLAIN_ROWS, (n, PLAIN_IDS), generator=gen)
+    labels = (torch.rand(n, generator=gen) < torch.sigmoid(torch.randn(PLAIN_ROWS, generator=gen)[ids].sum(1))).float()
+    return ids, labels
+
+
+def test_cowclip_is_a_torch_optimizer_with_a_group_per_role():
+    model = _plain_model()
+    opt = CowClip(model, model[0], batch_size=2048, l2=1e-3)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert [(g["name"], g["lr"], g["l2"], g["clip"], g["warmup_steps"]) for g in opt.param_groups] == [
+        ("clipped_embedding", 1e-4, 1e-3, True, 0),
+        ("dense", pytest.approx(8e-4 * math.sqrt(2)), 0.0, False, 0),
+    ]
+    assert opt.param_groups[0]["params"] == [model[0].weight]
+    ids, labels = _plain_data(64)
+    F.binary_cross_entropy_with_logits(model(ids).squeeze(1), labels).backward()
+    assert opt.step(ids=ids) is None
+    assert set(opt.state_dict()) == {"state", "param_groups"}
+    assert set(opt.state[model[0].weight]) == {"step", "exp_avg", "exp_avg_sq"}  # torch.optim.Adam's state
+    opt.zero_grad()  # set_to_none=True
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_ids_by_keyword_by_set_ids_or_from_a_closure_give_the_same_step_and_are_used_once():
+    ids, labels = _plain_data(64)
+    results = []
+    for way in ("keyword", "set_ids", "closure"):
+        model = _plain_model()
+        opt = CowClip(model, model[0], batch_size=64, base_batch_size=64, l2=0.05, zeta=1e-4)
+
+        def closure(model=model, opt=opt):
+            opt.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(model(ids).squeeze(1), labels, reduction="sum")
+            loss.backward()
+            opt.set_ids(ids)  # e.g. inside a Lightning training_step
+            return loss
+
+        if way == "closure":
+            loss = opt.step(closure)
+            assert isinstance(loss, torch.Tensor) and loss.requires_grad
+        else:
+            closure()
+            if way == "keyword":
+                opt.set_ids(None)
+                opt.step(ids=ids)
+            else:
+                opt.step()
+        assert opt.last_stats["rows_clipped"] > 0
+        results.append(([p.detach().clone() for p in model.parameters()], opt.last_stats))
+        F.binary_cross_entropy_with_logits(model(ids).squeeze(1), labels).backward()
+        with pytest.raises(ValueError, match=r"Invalid ids: None; expected the batch's ids"):
+            opt.step()  # the ids of the last step are not used again
+    for params, stats in results[1:]:
+        assert stats == results[0][1]
+        assert all(torch.equal(p, q) for p, q in zip(params, results[0][0]))
+
+
+def test_step_refuses_ids_in_place_of_a_closure():
+    model = _plain_model()
+    opt = CowClip(model, model[0], batch_size=64)
+    ids, labels = _plain_data(8)
+    F.binary_cross_entropy_with_logits(model(ids).squeeze(1), labels).backward()
+    with pytest.raises(ValueError, match=r"Invalid closure: 'Tensor'; expected a callable .*step\(ids="):
+        opt.step(ids)
+
+
+def test_clip_false_needs_no_ids():
+    model = _plain_model()
+    opt = CowClip(model, model[0], batch_size=64, clip=False)
+    ids, labels = _plain_data(8)
+    F.binary_cross_entropy_with_logits(model(ids).squeeze(1), labels).backward()
+    opt.step()
+    assert opt.steps == 1 and "rows_clipped" not in opt.last_stats
+
+
+def test_warmup_ramps_to_the_lr_a_scheduler_sets_and_never_writes_it():
+    model = _plain_model()
+    opt = CowClip(model, model[0], batch_size=64, base_batch_size=64, base_lr=1e-2, warmup_steps=4)
+    # embedding lr constant, dense lr halved every step: the warm-up ramps towards the halved value
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, [lambda step: 1.0, lambda step: 0.5**step])
+    ids, labels = _plain_data(32)
+    used, group_lr = [], []
+    for _ in range(6):
+        F.binary_cross_entropy_with_logits(model(ids).squeeze(1), labels).backward()
+        opt.step(ids=ids)
+        used.append(opt.last_stats["lr"])
+        scheduler.step()
+        opt.zero_grad()
+        group_lr.append(opt.param_groups[1]["lr"])
+    scheduled = [1e-2 * 0.5**s for s in range(6)]
+    ramp = [WARMUP_START_LR + (scheduled[s] - WARMUP_START_LR) * s / 4 for s in range(4)]
+    assert used == pytest.approx([*ramp, scheduled[4], scheduled[5]], rel=1e-12)
+    assert group_lr == pytest.approx(scheduled[1:] + [1e-2 * 0.5**6], rel=1e-12)  # only the scheduler writes lr
+    assert opt.param_groups[0]["lr"] == 1e-4
+
+
+def test_the_dense_lr_a_step_uses_is_the_one_adam_applies():
+    """The first step from zero Adam state moves each dense weight by lr · g / (|g| + eps / sqrt(1 - beta2))."""
+    model = _plain_model()
+    opt = CowClip(model, model[0], batch_size=64, base_batch_size=64, base_lr=1e-2, clip=False, l2=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.25)  # both groups at a quarter from the start
+    ids, labels = _plain_data(32)
+    F.binary_cross_entropy_with_logits(model(ids).squeeze(1), labels).backward()
+    grad = model[4].weight.grad.clone()
+    before = model[4].weight.detach().clone()
+    opt.step(ids=ids)
+    scheduler.step()
+    assert (opt.last_stats["lr"], opt.last_stats["embed_lr"]) == pytest.approx((0.25e-2, 0.25e-4), rel=1e-12)
+    # Keras's first step: lr · sqrt(1 - b2) / (1 - b1) · m / (sqrt(v) + eps), m = (1 - b1) g, v = (1 - b2) g^2
+    expected = before - 0.25e-2 * grad / (grad.abs() + 1e-7 / math.sqrt(1 - 0.999))
+    torch.testing.assert_close(model[4].weight.detach(), expected, rtol=1e-5, atol=1e-9)
+
+
+def _amp_step(model, opt, scaler, ids, labels, dtype, reduction="mean"):
+    with torch.autocast("cpu", dtype=dtype):
+        loss = F.binary_cross_entropy_with_logits(model(ids).squeeze(1).float(), labels, reduction=reduction)
+    if scaler is None:
+        loss.backward()
+        opt.step(ids=ids)
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt, ids=ids)
+        scaler.update()
+    opt.zero_grad()
+    return loss.item()
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_plain_embedding_mlp_trains_under_lambda_lr_and_grad_scaler(dtype, sparse):
+    ids, labels = _plain_data(2048)
+    model = _plain_model(sparse=sparse)
+    opt = CowClip(model, model[0], batch_size=256, base_batch_size=256, base_lr=1e-2, embed_lr=5e-2, warmup_steps=4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.98**step)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=5)
+    losses, skipped = [], 0
+    for step in range(48):
+        lo = (step * 256) % len(ids)
+        scale = scaler.get_scale()
+        losses.append(_amp_step(model, opt, scaler, ids[lo : lo + 256], labels[lo : lo + 256], dtype))
+        skipped += scaler.get_scale() < scale  # an inf or NaN gradient: the scaler skipped the step
+        scheduler.step()
+    assert all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.02, losses
+    assert opt.steps == 48 - skipped and skipped <= 3 and scaler.get_scale() > 2.0**12
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert opt.param_groups[1]["lr"] == pytest.approx(1e-2 * 0.98**48)
+
+
+def test_grad_scaler_unscales_before_the_clip():
+    """Under a GradScaler the step is the unscaled one (a clip on scaled gradients would bind elsewhere)."""
+    ids, labels = _plain_data(64)
+    params = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**16)):
+        model = _plain_model()
+        opt = CowClip(model, model[0], batch_size=64, base_batch_size=64, l2=0.05, zeta=1e-4, embed_lr=1e-2)
+        # bf16 autocast: a power-of-two loss scale is exact, so both runs see the same unscaled gradients
+        _amp_step(model, opt, scaler, ids, labels, torch.bfloat16, reduction="sum")
+        assert opt.last_stats["rows_clipped"] > 0
+        params.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(p, q) for p, q in zip(*params))
+
+
+def test_grad_scaler_skips_a_step_with_inf_gradients():
+    ids, labels = _plain_data(64)
+    model = _plain_model()
+    opt = CowClip(model, model[0], batch_size=64)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.binary_cross_entropy_with_logits(model(ids).squeeze(1).float(), labels)
+    scaler.scale(loss).backward()
+    model[4].weight.grad[0, 0] = float("inf")
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.step(opt, ids=ids)
+    scaler.update()
+    assert opt.steps == 0 and scaler.get_scale() == 2.0**15
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_state_dict_mid_run_with_scheduler_and_grad_scaler_continues_the_same_trajectory():
+    import io
+
+    ids, labels = _plain_data(512)
+
+    def build(seed):
+        model = _plain_model(seed)
+        opt = CowClip(model, model[0], batch_size=64, base_batch_size=64, base_lr=1e-2, warmup_steps=3, l2=1e-2)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.9**step)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+        return model, opt, scheduler, scaler
+
+    def train(model, opt, scheduler, scaler, steps):
+        losses = []
+        for step in steps:
+            x, y = ids[step * 64 : (step + 1) * 64], labels[step * 64 : (step + 1) * 64]
+            losses.append(_amp_step(model, opt, scaler, x, y, torch.bfloat16))
+            scheduler.step()
+        return losses
+
+    run = build(0)
+    train(*run, range(3))
+    buffer = io.BytesIO()
+    torch.save([part.state_dict() for part in run], buffer)  # model, optimizer, scheduler, scaler
+    continued = train(*run, range(3, 8))
+
+    resumed = build(1)  # other initial weights: everything comes from the state
+    buffer.seek(0)
+    for part, state in zip(resumed, torch.load(buffer, weights_only=True)):
+        part.load_state_dict(state)
+    assert resumed[1].steps == 3
+    again = train(*resumed, range(3, 8))
+    assert again == continued
+    for p, q in zip(run[0].parameters(), resumed[0].parameters()):
+        assert torch.equal(p, q)
+    assert resumed[1].param_groups[1]["lr"] == run[1].param_groups[1]["lr"] == pytest.approx(1e-2 * 0.9**8)
+
+
+def test_accel_field_embedding_takes_local_ids_and_equals_its_table_with_global_ids():
+    from accel.models.ctr import DeepFM
+
+    dims = [40, 15, 6]
+    gen = _gen(0)
+    ids = torch.stack([torch.randint(0, d, (128,), generator=gen) for d in dims], dim=1)
+    labels = (ids[:, 0] < 10).float()
+    params = []
+    for by_module in (True, False):
+        model = DeepFM(dims, mlp_dims=(8,), generator=torch.Generator().manual_seed(0))
+        table = model.embedding if by_module else model.embedding.table
+        opt = CowClip(model, table, batch_size=128, base_batch_size=128, zeta=1e-4, l2=0.05, embed_lr=1e-2)
+        assert opt.tables == [model.embedding.table.weight]
+        assert [g["name"] for g in opt.param_groups] == ["clipped_embedding", "embedding", "dense"]
+        assert opt.param_groups[1]["params"] == [model.linear.table.weight]
+        for _ in range(3):
+            F.binary_cross_entropy_with_logits(model(ids), labels, reduction="sum").backward()
+            opt.step(ids=ids if by_module else model.embedding.global_ids(ids))
+            opt.zero_grad()
+        assert opt.last_stats["rows_clipped"] > 0
+        params.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(p, q) for p, q in zip(*params))
+    # the clip alone takes a FieldEmbedding and its local ids too
+    model = DeepFM(dims, mlp_dims=(8,), generator=torch.Generator().manual_seed(0))
+    F.binary_cross_entropy_with_logits(model(ids), labels).backward()
+    touched = row_counts(model.embedding.global_ids(ids), sum(dims)).count_nonzero().item()
+    assert clip_embedding_grad_(model.embedding, ids)["rows_touched"] == touched
+
+
+def test_embedding_bag_counts_each_row_once_per_bag():
+    torch.manual_seed(0)
+    bag = nn.EmbeddingBag(10, 3, mode="sum")
+    model = nn.Sequential(bag, nn.Linear(3, 1))
+    ids = torch.tensor([[1, 1, 2], [1, 3, 3]])  # bags (samples) of 3 ids
+    opt = CowClip(model, bag, batch_size=2, base_batch_size=2, return_rows=True)
+    model(ids).sum().backward()
+    opt.step(ids=ids)
+    table = opt.last_stats["tables"][0]
+    assert table["rows"].tolist() == [1, 2, 3] and table["counts"].tolist() == [2, 1, 1]
+
+
+def test_add_param_group_validates_its_settings():
+    model = _plain_model()
+    opt = CowClip(model, model[0], batch_size=64, embedding_params=[model[0]])
+    extra = nn.Parameter(torch.zeros(3))
+    for group, match in [
+        ({"lr": -1.0}, r"Invalid lr: -1.0; expected a finite number lr >= 0"),
+        ({"l2": -1.0}, r"Invalid l2: -1.0"),
+        ({"betas": (0.9, 1.5)}, r"Invalid betas"),
+        ({"clip": True}, r"Invalid clip: True; expected False for parameters not given as `embeddings`"),
+        ({"warmup_steps": 1.5}, r"Invalid warmup_steps: 1.5"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            opt.add_param_group({"params": [extra], **group})
+        assert len(opt.param_groups) == 2  # a rejected group is not kept
+    opt.add_param_group({"params": [extra], "lr": 1e-3})
+    assert opt.param_groups[-1]["l2"] == 0.0 and opt.param_groups[-1]["clip"] is False
+
+
+def test_fused_and_unfused_adam_agree():
+    ids, labels = _data(256)
+    params = []
+    for fused in (True, False):
+        model = _model()
+        opt = CowClip(model, model.embedding, batch_size=64, base_batch_size=64, warmup_steps=2, fused=fused)
+        assert all(g["fused"] is fused for g in opt.param_groups)
+        _train(model, opt, ids, labels, steps=4, batch=64)
+        params.append([p.detach().clone() for p in model.parameters()])
+    for p, q in zip(*params):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-8)
+
+
+def test_a_full_step_matches_a_float64_transcription_of_the_official_step():
+    """L2 as a gradient, the official threshold (absent rows clipped with cnt 1), two Adams with Keras's epsilon and
+    the dense warm-up, written out element by element in float64 against CowClip on a float64 model."""
+    ids, labels = _data(64)
+    lr, embed_lr, l2, r, zeta, warmup, (b1, b2), eps = 3e-2, 2e-2, 0.05, 1.0, 1e-4, 2, (0.9, 0.999), 1e-7
+    model = _model().double()
+    reference = {name: p.detach().clone() for name, p in model.named_parameters()}
+    m = {name: torch.zeros_like(p) for name, p in reference.items()}
+    v = {name: torch.zeros_like(p) for name, p in reference.items()}
+    opt = CowClip(model, model.embedding, batch_size=32, lr=lr, embed_lr=embed_lr, l2=l2, r=r, zeta=zeta,
+                  threshold="official", warmup_steps=warmup)  # fmt: skip
+    clipped = 0
+    for t in range(1, 5):
+        x, y = ids[(t - 1) * 16 : t * 16], labels[(t - 1) * 16 : t * 16]
+        F.binary_cross_entropy_with_logits(model(x), y.double(), reduction="sum").backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        opt.step(ids=x)
+        opt.zero_grad()
+        clipped += opt.last_stats["rows_clipped"]
+        samples = [set(sample) for sample in x.tolist()]
+        for name, w in reference.items():
+            g = grads[name]
+            if name in ("embedding.weight", "linear.weight"):
+                g = g + 2 * l2 * w
+            if name == "embedding.weight":
+                for k in range(ROWS):
+                    cnt = max(1, sum(k in s for s in samples))
+                    bound = r * cnt * max(w[k].norm().item(), r * math.sqrt(w.shape[1]) * zeta)
+                    norm = g[k].norm().item()
+                    if norm > bound:
+                        g[k] = g[k] * (bound / norm)
+            step_lr = embed_lr if name in ("embedding.weight", "linear.weight") else lr
+            if step_lr == lr and t - 1 < warmup:
+                step_lr = WARMUP_START_LR + (lr - WARMUP_START_LR) * (t - 1) / warmup
+            m[name] = b1 * m[name] + (1 - b1) * g
+            v[name] = b2 * v[name] + (1 - b2) * g * g
+            alpha = step_lr * math.sqrt(1 - b2**t) / (1 - b1**t)
+            reference[name] = w - alpha * m[name] / (v[name].sqrt() + eps)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), reference[name], rtol=0, atol=1e-15)
+    assert clipped > 0

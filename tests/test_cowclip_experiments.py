@@ -156,10 +156,10 @@ def test_readme_usage_trains_a_model():
     model = DeepFM([50, 20, 5], mlp_dims=(8,), generator=generator)
     ids = torch.stack([torch.randint(0, d, (256,), generator=generator) for d in (50, 20, 5)], dim=1)
     labels = (ids[:, 0] < 10).float()
-    opt = CowClip(model, model.embedding.table, batch_size=256, warmup_steps=5, embed_lr=1e-2, base_lr=1e-2)
+    opt = CowClip(model, model.embedding, batch_size=256, warmup_steps=5, embed_lr=1e-2, base_lr=1e-2)
     losses = []
     for _ in range(30):
         loss = F.binary_cross_entropy_with_logits(model(ids), labels)
         losses.append(loss.item())
-        loss.backward(); opt.step(model.embedding.global_ids(ids)); opt.zero_grad()  # noqa: E702
+        loss.backward(); opt.step(ids=ids); opt.zero_grad()  # noqa: E702
     assert losses[-1] < 0.8 * losses[0]

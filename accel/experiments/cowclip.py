@@ -273,10 +273,9 @@ def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device:
     steps_per_epoch = n // batch  # the last partial batch is dropped, so every step has the arm's batch size
     total_steps = arm.steps if arm.steps is not None else round((arm.epochs or cfg.epochs) * steps_per_epoch)
     model = make_model(cfg, arm, data, seed, device)
-    table = model.embedding.table
-    optimizer = CowClip(model, table, batch_size=batch, warmup_steps=steps_per_epoch, clip=hp["clip"], r=hp["r"],
-                        zeta=hp["zeta"], embed_lr=hp["embed_lr"], lr=hp["lr"], l2=hp["l2"], return_rows=hp["clip"],
-                        absent_rows=absent_rows(hp))  # fmt: skip
+    optimizer = CowClip(model, model.embedding, batch_size=batch, warmup_steps=steps_per_epoch, clip=hp["clip"],
+                        r=hp["r"], zeta=hp["zeta"], embed_lr=hp["embed_lr"], lr=hp["lr"], l2=hp["l2"],
+                        return_rows=hp["clip"], absent_rows=absent_rows(hp))  # fmt: skip
     buckets = frequency_bucket_of_rows(data).to(device)
     touched = torch.zeros(len(FREQUENCY_BUCKETS), dtype=torch.long, device=device)
     clipped = torch.zeros_like(touched)
@@ -291,10 +290,10 @@ def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device:
             logits = model(x, None if dense is None else dense[index])
             loss = F.binary_cross_entropy_with_logits(logits, labels[index])
             loss.backward()
-            stats = optimizer.step(model.embedding.global_ids(x, check=False) if hp["clip"] else None)
+            optimizer.step(ids=x)  # the FieldEmbedding's local ids: the clip counts rows from them
             optimizer.zero_grad()
             if hp["clip"]:
-                table_stats = stats["tables"][0]
+                table_stats = optimizer.last_stats["tables"][0]
                 b = buckets[table_stats["rows"]]
                 touched += torch.bincount(b, minlength=len(FREQUENCY_BUCKETS))
                 clipped += torch.bincount(b[table_stats["clipped"]], minlength=len(FREQUENCY_BUCKETS))
