@@ -255,6 +255,86 @@ class _GroupedMatmul(torch.autograd.Function):
         return grad_rows, grad_weight, None
 
 
+_ACTIVATION_BACKWARD = {  # d act(h) / dh applied to a gradient, as autograd computes it for F.gelu / F.silu
+    "gelu": lambda grad, h: torch.ops.aten.gelu_backward(grad, h),
+    "silu": lambda grad, h: torch.ops.aten.silu_backward(grad, h),
+}
+
+
+class _ExpertsAndCombine(torch.autograd.Function):
+    """y [T, d] = sum over kept assignments a of gate[a] · FFN_{e(a)}(x[token[a]]), expert by expert, in one node.
+
+    token [N], gate [N]: the kept assignments grouped by expert in segments of counts[e] (Python ints). w_in, w_out
+    [E, d, f] / [E, f, d], w_gate [E, d, f] or None (gated experts). activation: "gelu" or "silu".
+    Each expert gathers its own rows, runs its FFN and adds its gated output into y; the backward pass mirrors it.
+    Every temporary is one expert's size, so a large batch never allocates [k·T, d_ff] buffers (on CPU, glibc maps
+    buffers over 32 MiB afresh from the OS on every use, and their page faults cost up to 20% of a step); the weight
+    gradients are written straight into one [E, ...] tensor each, with no per-expert autograd nodes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, token, gate, w_in, w_gate, w_out, counts, activation):
+        act = F.gelu if activation == "gelu" else F.silu
+        y = torch.zeros_like(x)
+        saved = []  # per expert: (its rows, pre-activations h_in and h_gate (or None), output before the gate)
+        for e, (tokens, gates) in enumerate(zip(token.split(counts), gate.split(counts))):
+            if not len(tokens):
+                saved.append(None)
+                continue
+            rows = x.index_select(0, tokens)
+            h_in = rows @ w_in[e]
+            h_gate = None if w_gate is None else rows @ w_gate[e]
+            hidden = act(h_in) if h_gate is None else act(h_gate) * h_in
+            out = hidden @ w_out[e]
+            y.index_add_(0, tokens, out * gates.unsqueeze(1))
+            saved.append((rows, h_in, h_gate, out))
+        ctx.save_for_backward(x, token, gate, w_in, w_gate, w_out)
+        ctx.saved, ctx.counts, ctx.activation = saved, counts, activation
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, token, gate, w_in, w_gate, w_out = ctx.saved_tensors
+        act = F.gelu if ctx.activation == "gelu" else F.silu
+        act_backward = _ACTIVATION_BACKWARD[ctx.activation]
+        grad_y = grad_y.contiguous()
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_gate = torch.zeros_like(gate) if ctx.needs_input_grad[2] else None
+        # Every expert's slice of the weight gradients is written below (an expert without rows gets zeros).
+        grad_w_in, grad_w_out = torch.empty_like(w_in), torch.empty_like(w_out)
+        grad_w_gate = None if w_gate is None else torch.empty_like(w_gate)
+        start = 0
+        for e, (n, saved) in enumerate(zip(ctx.counts, ctx.saved)):
+            if saved is None:
+                for grad in (grad_w_in, grad_w_gate, grad_w_out):
+                    if grad is not None:
+                        grad[e].zero_()
+                continue
+            rows, h_in, h_gate, out = saved
+            tokens, gates = token[start : start + n], gate[start : start + n]
+            upstream = grad_y.index_select(0, tokens)  # d loss / d (gate · out), per row
+            if grad_gate is not None:
+                grad_gate[start : start + n] = (upstream * out).sum(dim=1)
+            grad_out = upstream * gates.unsqueeze(1)
+            gate_act = None if h_gate is None else act(h_gate)
+            hidden = act(h_in) if h_gate is None else gate_act * h_in
+            torch.mm(hidden.t(), grad_out, out=grad_w_out[e])
+            grad_hidden = grad_out @ w_out[e].t()
+            if h_gate is None:
+                grad_in, grad_gate_pre = act_backward(grad_hidden, h_in), None
+            else:
+                grad_in, grad_gate_pre = grad_hidden * gate_act, act_backward(grad_hidden * h_in, h_gate)
+                torch.mm(rows.t(), grad_gate_pre, out=grad_w_gate[e])
+            torch.mm(rows.t(), grad_in, out=grad_w_in[e])
+            if grad_x is not None:
+                grad_rows = grad_in @ w_in[e].t()
+                if grad_gate_pre is not None:
+                    grad_rows.addmm_(grad_gate_pre, w_gate[e].t())
+                grad_x.index_add_(0, tokens, grad_rows)
+            start += n
+        return grad_x, None, grad_gate, grad_w_in, grad_w_gate, grad_w_out, None, None
+
+
 def _grouped_linear(rows, weight, bias, counts, expert_of_row):
     """rows [N, a] -> [N, b] through expert e's weight [a, b] (and bias [b]) for its segment (see _GroupedMatmul)."""
     device_type = rows.device.type
@@ -525,6 +605,21 @@ class MoE(nn.Module):
         hidden = F.dropout(hidden, self.expert_dropout, self.training)
         return linear(hidden, self.w_out, self.b_out)
 
+    def _experts_and_combine(self, x2d: torch.Tensor, token: torch.Tensor, gate: torch.Tensor, counts: list[int]):
+        """y [T, d_model]: each kept assignment's expert output times its gate, added to its token, expert by expert
+        in one autograd node (_ExpertsAndCombine). token, gate [N]: grouped by expert in segments of counts[e].
+        Equal to the composable path (_experts, then index_add) up to float rounding; used without biases and
+        expert dropout, on one process."""
+        weights = (self.w_in, self.w_gate, self.w_out)
+        activation = "silu" if self.expert_type == "swiglu" else "gelu"
+        device_type = x2d.device.type
+        if not _autocast_enabled(device_type):
+            return _ExpertsAndCombine.apply(x2d, token, gate.to(x2d.dtype), *weights, counts, activation)
+        dtype = _autocast_dtype(device_type)  # a custom Function is not autocast: cast as a matmul would
+        x2d, weights = x2d.to(dtype), tuple(None if w is None else w.to(dtype) for w in weights)
+        with torch.autocast(device_type=device_type, enabled=False):
+            return _ExpertsAndCombine.apply(x2d, token, gate.to(dtype), *weights, counts, activation)
+
     def _exchange_and_run(self, rows: torch.Tensor, kept_counts: torch.Tensor) -> torch.Tensor:
         """Expert parallelism: send rows [N, d_model] (grouped by global expert, kept_counts [E] of each) to the
         experts' ranks, run the local experts on what arrives, and bring the outputs back in the same order."""
@@ -601,13 +696,13 @@ class MoE(nn.Module):
         # kept: the kept assignments grouped by expert, each expert's in drop order. Their rows go to the experts as
         # contiguous segments, one per expert, and their gated outputs are added back to their tokens.
         token = kept % max(num_tokens, 1)
-        rows = x2d.index_select(0, token)
-        if self.world_size == 1:
-            out = self._experts(rows, sizes)
-        else:
-            out = self._exchange_and_run(rows, kept_counts)
-        weight = gate.index_select(0, kept).to(out.dtype).unsqueeze(1)
-        y = out.new_zeros(num_tokens, d).index_add_(0, token, out * weight)
+        kept_gate = gate.index_select(0, kept)
+        if self.world_size == 1 and self.b_in is None and not (self.training and self.expert_dropout > 0):
+            y = self._experts_and_combine(x2d, token, kept_gate, sizes)
+        else:  # biases, expert dropout or expert parallelism: the composable path
+            rows = x2d.index_select(0, token)
+            out = self._experts(rows, sizes) if self.world_size == 1 else self._exchange_and_run(rows, kept_counts)
+            y = out.new_zeros(num_tokens, d).index_add_(0, token, out * kept_gate.to(out.dtype).unsqueeze(1))
         served = token
 
         self._record(logits, probs, indices, counts[:num_experts], kept_counts, served, num_tokens)
