@@ -72,15 +72,21 @@ uninterrupted epoch. The cost: the skipped batches are produced again and thrown
 are read and augmented again, at the full speed of the workers since nothing trains meanwhile). Under DDP each rank
 saves and loads its own state.
 
-Usage:
+Usage (ten examples, each trained on twice per epoch):
 
-    loader = echoing_loader(train_set, batch_size=128, factor=2, point="before_augment", augment=augment,
-                            shuffle_buffer=1024, num_workers=2, seed=0)
-    for epoch in range(num_epochs):
-        loader.set_epoch(epoch)
-        for x, y in loader:
-            ...
-    print(loader.fresh_examples, loader.examples)  # upstream reads vs examples trained on
+>>> import torch
+>>> from torch.utils.data import TensorDataset
+>>> train_set = TensorDataset(torch.arange(10.0).unsqueeze(1), torch.arange(10))
+>>> loader = echoing_loader(train_set, batch_size=4, factor=2, point="before_augment", seed=0)
+>>> for epoch in range(2):
+...     loader.set_epoch(epoch)
+...     for x, y in loader:
+...         pass                          # the training step
+>>> loader.fresh_examples, loader.examples  # upstream reads vs examples trained on
+(20, 40)
+
+With augmentation, a shuffle buffer and workers: echoing_loader(train_set, batch_size=128, factor=2,
+point="before_augment", augment=augment, shuffle_buffer=1024, num_workers=2, seed=0).
 
 Under DDP (torch.distributed initialised) the same call reads this rank's share of every epoch; add
 persistent_workers=True to keep the workers across epochs, and save loader.state_dict() with each rank's checkpoint

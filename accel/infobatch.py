@@ -49,13 +49,26 @@ initialised (tests, or ranks that never talk), update() stores only this rank's 
 
 Usage (per-sample losses, reduction="none"; the loader must not shuffle, the sampler does):
 
-    sampler = InfoBatch(len(train_set), num_epochs, prune_ratio=0.5, delta=0.875)
-    loader = DataLoader(WithIndex(train_set), batch_size=128, sampler=sampler)
-    for epoch in range(num_epochs):
-        sampler.set_epoch(epoch)
-        for index, x, y in loader:
-            loss = sampler.update(index, F.cross_entropy(model(x), y, reduction="none"))
-            ...
+>>> import torch, torch.nn.functional as F
+>>> from torch import nn
+>>> from torch.utils.data import DataLoader, TensorDataset
+>>> generator = torch.Generator().manual_seed(0)
+>>> inputs, labels = torch.randn(256, 8, generator=generator), torch.randint(0, 3, (256,), generator=generator)
+>>> train_set = TensorDataset(inputs, labels)
+>>> model = nn.Linear(8, 3)
+>>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> num_epochs = 4
+>>> sampler = InfoBatch(len(train_set), num_epochs, prune_ratio=0.5, delta=0.875)
+>>> loader = DataLoader(WithIndex(train_set), batch_size=32, sampler=sampler)
+>>> for epoch in range(num_epochs):
+...     sampler.set_epoch(epoch)
+...     for index, x, y in loader:
+...         loss = sampler.update(index, F.cross_entropy(model(x), y, reduction="none"))
+...         optimizer.zero_grad()
+...         loss.backward()
+...         optimizer.step()
+>>> sampler.history[0]["used"], len(sampler.history)   # epoch 0 uses every sample; epochs 1-3 prune
+(256, 4)
 """
 
 from __future__ import annotations

@@ -35,17 +35,23 @@ Dispatch by index, no [T, E, C] one-hot tensors and no padding (routing metadata
   1. flatten the k·T assignments choice-major (all first choices in token order, then all second choices, ...);
   2. stable-sort them by expert: within an expert the order is now exactly the drop order above;
   3. position within the expert = rank in the sorted list minus the expert's start; keep those below C;
-  4. gather the kept assignments' token rows in that order, so each expert's rows form one contiguous segment, and
-     run every linear map of the experts as one grouped matmul (_GroupedMatmul: one torch.mm per non-empty segment
-     into one output, and in the backward pass one per segment into a single [E, ...] weight gradient);
-  5. scale each output row by its gate and add it to its token with index_add.
+  4. run the experts on those kept assignments expert by expert, each on its own contiguous segment of the sorted
+     list: gather its tokens' rows, apply its FFN, scale each output row by its gate and add it to its token with
+     index_add. One autograd node does all of it (_ExpertsAndCombine, with a hand-written backward pass), so every
+     temporary is one expert's size and each weight gradient is written straight into one [E, ...] tensor.
+     With biases, expert dropout or expert parallelism the layer takes the composable path instead: the kept rows
+     gathered into one [N, d_model] tensor in that order, each linear map of the experts one grouped matmul over the
+     segments (_GroupedMatmul), then the same gated index_add.
 
 Reading the segment sizes (E integers) is the forward's one host sync. Why segments and not one batched matmul over
 a zero-padded [E, C, d_model] buffer, the Switch/GShard layout: the buffer must be as deep as the fullest expert, so
 every imbalance is paid for in padding (on random tokens a freshly initialised router's fullest expert holds 1.3-1.6
 times the mean at 64 experts, 1.1-1.25 at 8), and eval's capacity factor of 2.0 would double the work. MegaBlocks
-avoids the padding the same way on GPUs. tests/benchmarks/bench_moe.py times this layer against the padded layout,
-HF Mixtral's block, a hand-written per-expert loop and a dense FFN of the same active FLOPs.
+avoids the padding the same way on GPUs. Why expert by expert in one node rather than [k·T, d_ff] tensors for all
+experts at once: on CPU, glibc's malloc maps every buffer over 32 MiB afresh from the OS and faults its pages in on
+each step, which cost the all-at-once layout 10-20% at 16K tokens; an expert's slice stays below that.
+tests/benchmarks/bench_moe.py times this layer against the padded layout, HF Mixtral's block, a hand-written
+per-expert loop and a dense FFN of the same active FLOPs.
 
 Randomness, all during training only (eval mode is deterministic): router jitter (multiplies the router's input by
 uniform noise in [1 - eps, 1 + eps], Switch), the "sampled" second-expert policy (Mesh-TF / ST-MoE, defined there
@@ -78,12 +84,20 @@ Peers' conventions differ; what this file matches, and where others stand:
   * capacity counts token-expert assignments (CF · k · T / E, as DeepSpeed and Tutel do); CF · T / E with top-2
     would force half of all assignments to drop at CF 1.0.
 
-Usage:
+Usage (a toy residual block; in a model the MoE replaces the FFN of every other block or so):
 
-    moe = MoE(d_model=512, d_ff=2048, num_experts=32, top_k=2)
-    h = h + moe(norm(h))                  # [..., d_model] -> [..., d_model]
-    loss = task_loss + moe.aux_loss       # c_b · L_b + c_z · L_z of the forwards since the last read
-    moe.float_stats()                     # dropped fractions, expert load, router entropy, logit sizes
+>>> import torch
+>>> from torch import nn
+>>> _ = torch.manual_seed(0)
+>>> moe = MoE(d_model=64, d_ff=128, num_experts=8, top_k=2)   # capacity 1.25 train / 2.0 eval, c_z 1e-3, c_b 1e-2
+>>> norm = nn.LayerNorm(64)
+>>> h = torch.randn(4, 16, 64)
+>>> h = h + moe(norm(h))                  # [..., d_model] -> [..., d_model]
+>>> task_loss = h.pow(2).mean()           # stands in for the model's loss
+>>> loss = task_loss + moe.aux_loss       # c_b · L_b + c_z · L_z of the forwards since the last read
+>>> loss.backward()
+>>> sorted(moe.float_stats())[:4]         # dropped fractions, expert load, router entropy, logit sizes, the losses
+['balance_loss', 'dropped_fraction', 'expert_load', 'max_abs_logit']
 """
 
 from __future__ import annotations
@@ -275,63 +289,57 @@ class _ExpertsAndCombine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, token, gate, w_in, w_gate, w_out, counts, activation):
         act = F.gelu if activation == "gelu" else F.silu
-        y = torch.zeros_like(x)
-        saved = []  # per expert: (its rows, pre-activations h_in and h_gate (or None), output before the gate)
-        for e, (tokens, gates) in enumerate(zip(token.split(counts), gate.split(counts))):
-            if not len(tokens):
+        rows = x.index_select(0, token)  # [N, d], grouped by expert
+        out = rows.new_empty(rows.shape)  # [N, d], each expert's output before its gate
+        saved = []  # per expert: h_in, h_gate and act(h_gate) (None if not gated), hidden
+        for e, (segment, result) in enumerate(zip(rows.split(counts), out.split(counts))):
+            if not len(segment):
                 saved.append(None)
                 continue
-            rows = x.index_select(0, tokens)
-            h_in = rows @ w_in[e]
-            h_gate = None if w_gate is None else rows @ w_gate[e]
-            hidden = act(h_in) if h_gate is None else act(h_gate) * h_in
-            out = hidden @ w_out[e]
-            y.index_add_(0, tokens, out * gates.unsqueeze(1))
-            saved.append((rows, h_in, h_gate, out))
-        ctx.save_for_backward(x, token, gate, w_in, w_gate, w_out)
+            h_in = segment @ w_in[e]
+            h_gate = None if w_gate is None else segment @ w_gate[e]
+            gate_act = None if h_gate is None else act(h_gate)
+            hidden = act(h_in) if h_gate is None else gate_act * h_in
+            torch.mm(hidden, w_out[e], out=result)
+            saved.append((h_in, h_gate, gate_act, hidden))
+        y = torch.zeros_like(x).index_add_(0, token, out * gate.unsqueeze(1))
+        ctx.save_for_backward(x, token, gate, w_in, w_gate, w_out, rows, out)
         ctx.saved, ctx.counts, ctx.activation = saved, counts, activation
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, token, gate, w_in, w_gate, w_out = ctx.saved_tensors
-        act = F.gelu if ctx.activation == "gelu" else F.silu
-        act_backward = _ACTIVATION_BACKWARD[ctx.activation]
-        grad_y = grad_y.contiguous()
-        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        grad_gate = torch.zeros_like(gate) if ctx.needs_input_grad[2] else None
+        x, token, gate, w_in, w_gate, w_out, rows, out = ctx.saved_tensors
+        act_backward, counts = _ACTIVATION_BACKWARD[ctx.activation], ctx.counts
+        upstream = grad_y.contiguous().index_select(0, token)  # d loss / d (gate · out), per row
+        grad_gate = (upstream * out).sum(dim=1) if ctx.needs_input_grad[2] else None
+        grad_out = upstream * gate.unsqueeze(1)
+        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
         # Every expert's slice of the weight gradients is written below (an expert without rows gets zeros).
         grad_w_in, grad_w_out = torch.empty_like(w_in), torch.empty_like(w_out)
         grad_w_gate = None if w_gate is None else torch.empty_like(w_gate)
-        start = 0
-        for e, (n, saved) in enumerate(zip(ctx.counts, ctx.saved)):
+        segments = zip(rows.split(counts), grad_out.split(counts), grad_rows.split(counts) if grad_rows is not None
+                       else [None] * len(counts), ctx.saved)
+        for e, (segment, grad_segment, grad_rows_segment, saved) in enumerate(segments):
             if saved is None:
                 for grad in (grad_w_in, grad_w_gate, grad_w_out):
                     if grad is not None:
                         grad[e].zero_()
                 continue
-            rows, h_in, h_gate, out = saved
-            tokens, gates = token[start : start + n], gate[start : start + n]
-            upstream = grad_y.index_select(0, tokens)  # d loss / d (gate · out), per row
-            if grad_gate is not None:
-                grad_gate[start : start + n] = (upstream * out).sum(dim=1)
-            grad_out = upstream * gates.unsqueeze(1)
-            gate_act = None if h_gate is None else act(h_gate)
-            hidden = act(h_in) if h_gate is None else gate_act * h_in
-            torch.mm(hidden.t(), grad_out, out=grad_w_out[e])
-            grad_hidden = grad_out @ w_out[e].t()
+            h_in, h_gate, gate_act, hidden = saved
+            torch.mm(hidden.t(), grad_segment, out=grad_w_out[e])
+            grad_hidden = grad_segment @ w_out[e].t()
             if h_gate is None:
                 grad_in, grad_gate_pre = act_backward(grad_hidden, h_in), None
             else:
                 grad_in, grad_gate_pre = grad_hidden * gate_act, act_backward(grad_hidden * h_in, h_gate)
-                torch.mm(rows.t(), grad_gate_pre, out=grad_w_gate[e])
-            torch.mm(rows.t(), grad_in, out=grad_w_in[e])
-            if grad_x is not None:
-                grad_rows = grad_in @ w_in[e].t()
+                torch.mm(segment.t(), grad_gate_pre, out=grad_w_gate[e])
+            torch.mm(segment.t(), grad_in, out=grad_w_in[e])
+            if grad_rows_segment is not None:
+                torch.mm(grad_in, w_in[e].t(), out=grad_rows_segment)
                 if grad_gate_pre is not None:
-                    grad_rows.addmm_(grad_gate_pre, w_gate[e].t())
-                grad_x.index_add_(0, tokens, grad_rows)
-            start += n
+                    grad_rows_segment.addmm_(grad_gate_pre, w_gate[e].t())
+        grad_x = None if grad_rows is None else torch.zeros_like(x).index_add_(0, token, grad_rows)
         return grad_x, None, grad_gate, grad_w_in, grad_w_gate, grad_w_out, None, None
 
 
@@ -368,6 +376,27 @@ class _AllToAll(torch.autograd.Function):
         back = grad.new_empty((sum(ctx.send_splits), *grad.shape[1:]))
         dist.all_to_all_single(back, grad.contiguous(), ctx.send_splits, ctx.recv_splits, group=ctx.group)
         return back, None, None, None
+
+
+def _forward_stats(logits, lse, probs, counts, kept_counts, served, num_tokens, z_loss, balance) -> dict:
+    """MoE.stats from one forward's detached logits [T, E] (float32), logsumexp [T], probs [T, E], assignments per
+    expert before / after capacity [E], the token of every kept assignment (entries equal to T are ignored)."""
+    assigned = counts.sum().clamp(min=1).float()
+    per_token = torch.bincount(served, minlength=num_tokens + 1)[:num_tokens]
+    denominator = max(num_tokens, 1)
+    # Per-token entropy -sum p log p = logsumexp - sum p · logit (log p = logit - logsumexp), clamped at 0 against
+    # round-off when the logits are large.
+    entropy = (lse - (probs * logits).sum(dim=-1)).clamp(min=0).sum()
+    return {
+        "dropped_fraction": 1 - kept_counts.sum() / assigned,
+        "tokens_dropped_fraction": (per_token == 0).sum().float() / denominator,
+        "expert_load": counts.float() / assigned,
+        "router_entropy": entropy / denominator,
+        "mean_logsumexp": lse.sum() / denominator,
+        "max_abs_logit": logits.abs().amax() if logits.numel() else logits.new_zeros(()),
+        "z_loss": z_loss,
+        "balance_loss": balance,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- layer
@@ -491,7 +520,8 @@ class MoE(nn.Module):
         self._aux_sum: torch.Tensor | None = None  # c_b · L_b + c_z · L_z summed over the forwards since the last read
         self._aux_read = False  # set when aux_loss is read
         self._aux_spent = [False]  # set by a backward through the forwards summed so far (their graph is freed)
-        self.stats: dict[str, torch.Tensor] = {}
+        self._stats: dict[str, torch.Tensor] | None = None  # see stats
+        self._stats_inputs: tuple | None = None
 
     @torch.no_grad()
     def _init_experts(self) -> None:
@@ -709,7 +739,8 @@ class MoE(nn.Module):
         return y.view(*shape[:-1], d)
 
     def _record(self, logits, probs, indices, counts, kept_counts, served, num_tokens) -> None:
-        """Set aux_loss (differentiable) and stats (detached tensors; nothing here waits on the device).
+        """Add this forward's aux loss to aux_loss (differentiable) and keep what stats needs (nothing here waits on the
+        device).
 
         counts / kept_counts [E]: assignments per expert before / after capacity. served: the token of every kept
         assignment (entries equal to num_tokens are ignored).
@@ -732,24 +763,20 @@ class MoE(nn.Module):
         if logits.requires_grad:  # a backward through this forward (through y or aux_loss) spends the sum
             spent = self._aux_spent
             logits.register_hook(lambda grad: spent.__setitem__(0, True))
-        with torch.no_grad():
-            logits32, lse = logits32.detach(), lse.detach()
-            assigned = counts.sum().clamp(min=1).float()
-            per_token = torch.bincount(served, minlength=num_tokens + 1)[:num_tokens]
-            denominator = max(num_tokens, 1)
-            # Per-token entropy -sum p log p = logsumexp - sum p · logit (log p = logit - logsumexp), clamped at 0
-            # against round-off when the logits are large.
-            entropy = (lse - (probs.detach() * logits32).sum(dim=-1)).clamp(min=0).sum()
-            self.stats = {
-                "dropped_fraction": 1 - kept_counts.sum() / assigned,
-                "tokens_dropped_fraction": (per_token == 0).sum().float() / denominator,
-                "expert_load": counts.float() / assigned,
-                "router_entropy": entropy / denominator,
-                "mean_logsumexp": lse.sum() / denominator,
-                "max_abs_logit": logits32.abs().amax() if logits32.numel() else logits32.new_zeros(()),
-                "z_loss": z_loss.detach(),
-                "balance_loss": balance.detach(),
-            }
+        # The statistics are computed when first read (most training steps never read them).
+        self._stats = None
+        self._stats_inputs = (logits32.detach(), lse.detach(), probs.detach(), counts, kept_counts, served, num_tokens,
+                              z_loss.detach(), balance.detach())
+
+    @property
+    def stats(self) -> dict[str, torch.Tensor]:
+        """The last forward's statistics, a dict of detached tensors ({} before the first forward; see the class
+        docstring), computed on first read, with no host sync."""
+        if self._stats is None and self._stats_inputs is not None:
+            with torch.no_grad():
+                self._stats = _forward_stats(*self._stats_inputs)
+            self._stats_inputs = None
+        return self._stats or {}
 
     @property
     def aux_loss(self) -> torch.Tensor | None:

@@ -24,9 +24,10 @@ the script checks that the outputs agree before timing.
 
 Isolation: every grid point runs in a fresh Python process (allocator state and caches left by an earlier point
 changed timings by up to 8x late in one long process); --in-process runs them all in this one instead. Within a point,
-two warm-up rounds, then --repeats rounds in which every arm runs once, in an order rotated each round, so that
-load changes hit all arms alike. Each round gives every arm's ratio to the dense arm of the same round (a paired
-ratio); the table prints the median paired ratio and, in the JSON, their range and the median milliseconds.
+two warm-up rounds, then rounds in which every arm runs once, in an order rotated each round, so that load changes hit
+all arms alike: at least --repeats rounds, more until the point has run --min-seconds. Each round gives every arm's
+ratio to the dense arm of the same round, and accel's ratio to each peer (paired ratios); the table prints their
+medians, the JSON also their ranges (quartiles for accel/peer) and the median milliseconds.
 On CPU, --malloc keep stops glibc from returning big freed blocks to the OS (see keep_freed_memory); say which you ran.
 Prints one row per point; --out writes JSON with the machine and versions.
 """
@@ -51,6 +52,7 @@ from accel.moe import MoE, expert_capacity
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CAPACITY_FACTOR = 1.25
 ARMS = ("dense", "accel", "accel_cf", "hf", "loop", "loop_cf", "padded")
+PEERS = [("accel", "hf"), ("accel", "loop"), ("accel_cf", "loop_cf")]  # accel must not be slower than these
 
 
 def sync(device: torch.device) -> None:
@@ -204,7 +206,8 @@ def run_point(tokens: int, experts: int, k: int, args) -> dict:
 
     names = list(arms)
     times = {name: [] for name in names}
-    for round_ in range(args.repeats):
+    began, round_ = time.perf_counter(), 0
+    while round_ < args.repeats or (time.perf_counter() - began < args.min_seconds and round_ < 10 * args.repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             sync(device)
@@ -212,13 +215,22 @@ def run_point(tokens: int, experts: int, k: int, args) -> dict:
             step(name)
             sync(device)
             times[name].append(time.perf_counter() - start)
-    ratios = {name: sorted(t / base for t, base in zip(times[name], times["dense"])) for name in names}
+        round_ += 1
+
+    def paired(numerator, denominator):  # per-round ratios, sorted
+        return sorted(a / b for a, b in zip(times[numerator], times[denominator]))
+
+    ratios = {name: paired(name, "dense") for name in names}
+    duels = [(a, b) for a, b in PEERS if a in times and b in times]
+    versus = {f"{a}/{b}": paired(a, b) for a, b in duels}
     return {
-        "tokens": tokens, "experts": experts, "top_k": k,
+        "tokens": tokens, "experts": experts, "top_k": k, "rounds": round_,
         "capacity": expert_capacity(tokens, k, experts, CAPACITY_FACTOR), "dropped_fraction_cf": dropped,
         "ms": {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()},
         "x_dense": {name: r[len(r) // 2] for name, r in ratios.items()},
         "x_dense_range": {name: [r[0], r[-1]] for name, r in ratios.items()},
+        "accel_vs_peer": {pair: r[len(r) // 2] for pair, r in versus.items()},
+        "accel_vs_peer_quartiles": {pair: [r[len(r) // 4], r[(3 * len(r)) // 4]] for pair, r in versus.items()},
         "max_rel_diff_vs_accel": agree,
     }
 
@@ -232,13 +244,9 @@ def point_in_subprocess(tokens: int, experts: int, k: int, argv: list[str]) -> d
 
 
 def verdict(row: dict) -> str:
-    """Which arm was slowest among accel and the peers it must beat, per mode."""
-    ratio = row["x_dense"]
-    dropless = {n: ratio[n] for n in ("accel", "hf", "loop") if n in ratio}
-    capped = {n: ratio[n] for n in ("accel_cf", "loop_cf") if n in ratio}
-    beaten_by = [n for n, v in dropless.items() if n != "accel" and v < ratio["accel"]]
-    beaten_by += [n for n, v in capped.items() if n != "accel_cf" and v < ratio["accel_cf"]]
-    return "accel fastest" if not beaten_by else "accel slower than " + ", ".join(beaten_by)
+    """accel against each peer: the median over rounds of accel's time / the peer's in the same round."""
+    slower = [pair.split("/")[1] for pair, ratio in row["accel_vs_peer"].items() if ratio > 1]
+    return "accel fastest" if not slower else "accel slower than " + ", ".join(slower)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -249,7 +257,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--top-k", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--d-ff", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="rounds at least")
+    parser.add_argument("--min-seconds", type=float, default=8.0,
+                        help="keep adding rounds until a point has run this long (up to 10x --repeats rounds)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                         help="float32 on CPU, bfloat16 on CUDA by default (routers stay float32)")
@@ -279,9 +289,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"capacity factor {CAPACITY_FACTOR} for *_cf, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"peer: {peer or 'none (transformers not installed or --no-peers)'}, "
           f"{'one process' if args.in_process else 'a fresh process per point'}, malloc {args.malloc}")
-    print("median over rounds of (arm's time / dense FFN's time in the same round); dense in ms")
+    print("arms: median over rounds of (arm's time / dense FFN's time in the same round); dense in ms; "
+          "accel/peer: median over rounds of accel's time / the peer's (below 1: accel faster)")
     columns = [a for a in ARMS if a != "hf" or peer]
-    print(f"{'T':>6} {'E':>3} {'k':>2} {'drop cf':>7} {'dense ms':>9} " + " ".join(f"{a:>8}" for a in columns[1:]))
+    duels = [f"{a}/{b}" for a, b in PEERS if b in columns]
+    print(f"{'T':>6} {'E':>3} {'k':>2} {'drop cf':>7} {'dense ms':>9} " + " ".join(f"{a:>8}" for a in columns[1:])
+          + "  " + " ".join(f"{d:>16}" for d in duels))
     rows = []
     for tokens in args.tokens:
         for experts in args.experts:
@@ -292,14 +305,16 @@ def main(argv: list[str] | None = None) -> dict:
                     row = point_in_subprocess(tokens, experts, k, child_argv)
                 rows.append(row)
                 cells = " ".join(f"{row['x_dense'][a]:7.2f}x" for a in columns[1:])
+                versus = " ".join(f"{row['accel_vs_peer'][d]:16.2f}" for d in duels)
                 print(f"{tokens:>6} {experts:>3} {k:>2} {row['dropped_fraction_cf']:7.1%} {row['ms']['dense']:9.1f} "
-                      f"{cells}  {verdict(row)}", flush=True)
+                      f"{cells}  {versus}  {verdict(row)}", flush=True)
     report = {"device": args.device, "dtype": args.dtype, "machine": platform.processor() or platform.machine(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "peer": peer,
               "isolation": "one process" if args.in_process else "fresh process per point", "malloc": args.malloc,
               "d_model": args.d_model, "d_ff": args.d_ff, "capacity_factor": CAPACITY_FACTOR,
-              "repeats": args.repeats, "command": "python tests/benchmarks/bench_moe.py " + " ".join(argv),
+              "repeats": args.repeats, "min_seconds": args.min_seconds,
+              "command": "python tests/benchmarks/bench_moe.py " + " ".join(argv),
               "rows": rows}
     if args.out:
         with open(args.out, "w") as handle:
