@@ -275,71 +275,105 @@ _ACTIVATION_BACKWARD = {  # d act(h) / dh applied to a gradient, as autograd com
 }
 
 
+CHUNK_BYTES = 4 * 2**20  # the experts run in chunks whose [rows, d_model] buffers stay below this (see below)
+
+
+def _chunks(counts: list[int], row_bytes: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive experts grouped so that each group's rows take at most CHUNK_BYTES (an expert with more rows is a
+    group of its own): (first expert, end expert, first row, end row) per group."""
+    chunks, first, start, rows = [], 0, 0, 0
+    for e, n in enumerate(counts):
+        if rows and (rows + n) * row_bytes > CHUNK_BYTES:
+            chunks.append((first, e, start, start + rows))
+            first, start, rows = e, start + rows, 0
+        rows += n
+    chunks.append((first, len(counts), start, start + rows))
+    return chunks
+
+
 class _ExpertsAndCombine(torch.autograd.Function):
-    """y [T, d] = sum over kept assignments a of gate[a] · FFN_{e(a)}(x[token[a]]), expert by expert, in one node.
+    """y [T, d] = sum over kept assignments a of gate[a] · FFN_{e(a)}(x[token[a]]), all experts in one autograd node.
 
     token [N], gate [N]: the kept assignments grouped by expert in segments of counts[e] (Python ints). w_in, w_out
     [E, d, f] / [E, f, d], w_gate [E, d, f] or None (gated experts). activation: "gelu" or "silu".
-    Each expert gathers its own rows, runs its FFN and adds its gated output into y; the backward pass mirrors it.
-    Every temporary is one expert's size, so a large batch never allocates [k·T, d_ff] buffers (on CPU, glibc maps
-    buffers over 32 MiB afresh from the OS on every use, and their page faults cost up to 20% of a step); the weight
+    Experts run in chunks of consecutive experts (_chunks): a chunk gathers its rows, each expert runs its FFN on its
+    segment, and the chunk's gated outputs are added into y; the backward pass mirrors it. Chunks keep every
+    temporary small, so a large batch never allocates [k·T, ...] buffers (on CPU, glibc maps buffers over 32 MiB
+    afresh from the OS on every use, and their page faults cost up to 20% of a step), and share the gather, combine
+    and gate arithmetic among the experts of a chunk (few tensor ops per expert when experts get few rows). The weight
     gradients are written straight into one [E, ...] tensor each, with no per-expert autograd nodes.
     """
 
     @staticmethod
     def forward(ctx, x, token, gate, w_in, w_gate, w_out, counts, activation):
         act = F.gelu if activation == "gelu" else F.silu
-        rows = x.index_select(0, token)  # [N, d], grouped by expert
-        out = rows.new_empty(rows.shape)  # [N, d], each expert's output before its gate
-        saved = []  # per expert: h_in, h_gate and act(h_gate) (None if not gated), hidden
-        for e, (segment, result) in enumerate(zip(rows.split(counts), out.split(counts))):
-            if not len(segment):
-                saved.append(None)
-                continue
-            h_in = segment @ w_in[e]
-            h_gate = None if w_gate is None else segment @ w_gate[e]
-            gate_act = None if h_gate is None else act(h_gate)
-            hidden = act(h_in) if h_gate is None else gate_act * h_in
-            torch.mm(hidden, w_out[e], out=result)
-            saved.append((h_in, h_gate, gate_act, hidden))
-        y = torch.zeros_like(x).index_add_(0, token, out * gate.unsqueeze(1))
-        ctx.save_for_backward(x, token, gate, w_in, w_gate, w_out, rows, out)
-        ctx.saved, ctx.counts, ctx.activation = saved, counts, activation
+        y = torch.zeros_like(x)
+        chunks = _chunks(counts, x.shape[1] * x.element_size())
+        rows_and_outs, saved = [], []  # per chunk: (rows, outputs before the gate); per expert: activations or None
+        for first, end, start, stop in chunks:
+            tokens = token[start:stop]
+            rows = x.index_select(0, tokens)  # [n, d], this chunk's experts' rows
+            out = rows.new_empty(rows.shape)
+            sizes = counts[first:end]
+            for e, segment, result in zip(range(first, end), rows.split(sizes), out.split(sizes)):
+                if not len(segment):
+                    saved.append(None)
+                    continue
+                h_in = segment @ w_in[e]
+                h_gate = None if w_gate is None else segment @ w_gate[e]
+                gate_act = None if h_gate is None else act(h_gate)
+                hidden = act(h_in) if h_gate is None else gate_act * h_in
+                torch.mm(hidden, w_out[e], out=result)
+                saved.append((h_in, h_gate, gate_act, hidden))
+            y.index_add_(0, tokens, out * gate[start:stop].unsqueeze(1))
+            rows_and_outs.append((rows, out))
+        ctx.save_for_backward(x, token, gate, w_in, w_gate, w_out)
+        ctx.rows_and_outs, ctx.saved, ctx.counts, ctx.chunks, ctx.activation = (
+            rows_and_outs, saved, counts, chunks, activation)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, token, gate, w_in, w_gate, w_out, rows, out = ctx.saved_tensors
+        x, token, gate, w_in, w_gate, w_out = ctx.saved_tensors
         act_backward, counts = _ACTIVATION_BACKWARD[ctx.activation], ctx.counts
-        upstream = grad_y.contiguous().index_select(0, token)  # d loss / d (gate · out), per row
-        grad_gate = (upstream * out).sum(dim=1) if ctx.needs_input_grad[2] else None
-        grad_out = upstream * gate.unsqueeze(1)
-        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
+        grad_y = grad_y.contiguous()
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_gate = torch.empty_like(gate) if ctx.needs_input_grad[2] else None
         # Every expert's slice of the weight gradients is written below (an expert without rows gets zeros).
         grad_w_in, grad_w_out = torch.empty_like(w_in), torch.empty_like(w_out)
         grad_w_gate = None if w_gate is None else torch.empty_like(w_gate)
-        segments = zip(rows.split(counts), grad_out.split(counts), grad_rows.split(counts) if grad_rows is not None
-                       else [None] * len(counts), ctx.saved)
-        for e, (segment, grad_segment, grad_rows_segment, saved) in enumerate(segments):
-            if saved is None:
-                for grad in (grad_w_in, grad_w_gate, grad_w_out):
-                    if grad is not None:
-                        grad[e].zero_()
-                continue
-            h_in, h_gate, gate_act, hidden = saved
-            torch.mm(hidden.t(), grad_segment, out=grad_w_out[e])
-            grad_hidden = grad_segment @ w_out[e].t()
-            if h_gate is None:
-                grad_in, grad_gate_pre = act_backward(grad_hidden, h_in), None
-            else:
-                grad_in, grad_gate_pre = grad_hidden * gate_act, act_backward(grad_hidden * h_in, h_gate)
-                torch.mm(segment.t(), grad_gate_pre, out=grad_w_gate[e])
-            torch.mm(segment.t(), grad_in, out=grad_w_in[e])
-            if grad_rows_segment is not None:
-                torch.mm(grad_in, w_in[e].t(), out=grad_rows_segment)
-                if grad_gate_pre is not None:
-                    grad_rows_segment.addmm_(grad_gate_pre, w_gate[e].t())
-        grad_x = None if grad_rows is None else torch.zeros_like(x).index_add_(0, token, grad_rows)
+        for (first, end, start, stop), (rows, out) in zip(ctx.chunks, ctx.rows_and_outs):
+            tokens = token[start:stop]
+            upstream = grad_y.index_select(0, tokens)  # d loss / d (gate · out), per row
+            if grad_gate is not None:
+                torch.sum(upstream * out, dim=1, out=grad_gate[start:stop])
+            grad_out = upstream * gate[start:stop].unsqueeze(1)
+            grad_rows = torch.empty_like(rows) if grad_x is not None else None
+            sizes = counts[first:end]
+            pieces = zip(range(first, end), rows.split(sizes), grad_out.split(sizes),
+                         grad_rows.split(sizes) if grad_rows is not None else [None] * len(sizes))
+            for e, segment, grad_segment, grad_rows_segment in pieces:
+                saved = ctx.saved[e]
+                if saved is None:
+                    for grad in (grad_w_in, grad_w_gate, grad_w_out):
+                        if grad is not None:
+                            grad[e].zero_()
+                    continue
+                h_in, h_gate, gate_act, hidden = saved
+                torch.mm(hidden.t(), grad_segment, out=grad_w_out[e])
+                grad_hidden = grad_segment @ w_out[e].t()
+                if h_gate is None:
+                    grad_in, grad_gate_pre = act_backward(grad_hidden, h_in), None
+                else:
+                    grad_in, grad_gate_pre = grad_hidden * gate_act, act_backward(grad_hidden * h_in, h_gate)
+                    torch.mm(segment.t(), grad_gate_pre, out=grad_w_gate[e])
+                torch.mm(segment.t(), grad_in, out=grad_w_in[e])
+                if grad_rows_segment is not None:
+                    torch.mm(grad_in, w_in[e].t(), out=grad_rows_segment)
+                    if grad_gate_pre is not None:
+                        grad_rows_segment.addmm_(grad_gate_pre, w_gate[e].t())
+            if grad_x is not None:
+                grad_x.index_add_(0, tokens, grad_rows)
         return grad_x, None, grad_gate, grad_w_in, grad_w_gate, grad_w_out, None, None
 
 

@@ -308,9 +308,13 @@ def test_an_expert_without_tokens_gets_a_zero_gradient():
         assert grad[0].abs().sum() > 0 and grad[2].abs().sum() > 0
 
 
+@pytest.mark.parametrize("chunk_bytes", [2**20, 1])  # every expert in one chunk; one expert per chunk
 @pytest.mark.parametrize("activation, gated", [("gelu", False), ("gelu", True), ("silu", True)])
-def test_fused_experts_backward_passes_gradcheck(activation, gated):
+def test_fused_experts_backward_passes_gradcheck(activation, gated, chunk_bytes, monkeypatch):
+    import accel.moe
     from accel.moe import _ExpertsAndCombine
+
+    monkeypatch.setattr(accel.moe, "CHUNK_BYTES", chunk_bytes)
 
     generator = torch.Generator().manual_seed(0)
 
@@ -329,6 +333,15 @@ def test_fused_experts_backward_passes_gradcheck(activation, gated):
 
     inputs = (x, gate, w_in, w_gate, w_out)
     assert torch.autograd.gradcheck(layer, inputs)
+
+
+def test_chunks_group_consecutive_experts_within_the_byte_budget(monkeypatch):
+    import accel.moe
+
+    monkeypatch.setattr(accel.moe, "CHUNK_BYTES", 100)
+    # 10 bytes a row: at most 10 rows a chunk, an expert over that alone; empty experts join their neighbours
+    assert accel.moe._chunks([3, 4, 0, 5, 12, 2], 10) == [(0, 3, 0, 7), (3, 4, 7, 12), (4, 5, 12, 24), (5, 6, 24, 26)]
+    assert accel.moe._chunks([0, 0], 10) == [(0, 2, 0, 0)]
 
 
 def test_fused_and_composable_paths_agree():
