@@ -35,10 +35,11 @@ Dispatch by index, no [T, E, C] one-hot tensors and no padding (routing metadata
   1. flatten the k·T assignments choice-major (all first choices in token order, then all second choices, ...);
   2. stable-sort them by expert: within an expert the order is now exactly the drop order above;
   3. position within the expert = rank in the sorted list minus the expert's start; keep those below C;
-  4. run the experts on those kept assignments expert by expert, each on its own contiguous segment of the sorted
-     list: gather its tokens' rows, apply its FFN, scale each output row by its gate and add it to its token with
-     index_add. One autograd node does all of it (_ExpertsAndCombine, with a hand-written backward pass), so every
-     temporary is one expert's size and each weight gradient is written straight into one [E, ...] tensor.
+  4. run each expert on its own contiguous segment of the sorted list: gather its tokens' rows, apply its FFN,
+     scale each output row by its gate and add it to its token with index_add. One autograd node does all of it
+     (_ExpertsAndCombine, with a hand-written backward pass), in chunks of consecutive experts whose rows stay under
+     4 MiB (CHUNK_BYTES): small experts share one gather and one combine, large ones get a chunk each, so no
+     temporary grows with the batch, and each weight gradient is written straight into one [E, ...] tensor.
      With biases, expert dropout or expert parallelism the layer takes the composable path instead: the kept rows
      gathered into one [N, d_model] tensor in that order, each linear map of the experts one grouped matmul over the
      segments (_GroupedMatmul), then the same gated index_add.
@@ -47,9 +48,9 @@ Reading the segment sizes (E integers) is the forward's one host sync. Why segme
 a zero-padded [E, C, d_model] buffer, the Switch/GShard layout: the buffer must be as deep as the fullest expert, so
 every imbalance is paid for in padding (on random tokens a freshly initialised router's fullest expert holds 1.3-1.6
 times the mean at 64 experts, 1.1-1.25 at 8), and eval's capacity factor of 2.0 would double the work. MegaBlocks
-avoids the padding the same way on GPUs. Why expert by expert in one node rather than [k·T, d_ff] tensors for all
-experts at once: on CPU, glibc's malloc maps every buffer over 32 MiB afresh from the OS and faults its pages in on
-each step, which cost the all-at-once layout 10-20% at 16K tokens; an expert's slice stays below that.
+avoids the padding the same way on GPUs. Why chunks in one node rather than [k·T, d_ff] tensors for all experts at
+once: on CPU, glibc's malloc maps every buffer over 32 MiB afresh from the OS and faults its pages in on each step,
+which cost the all-at-once layout 10-20% at 16K tokens; a chunk stays far below that.
 tests/benchmarks/bench_moe.py times this layer against the padded layout, HF Mixtral's block, a hand-written
 per-expert loop and a dense FFN of the same active FLOPs.
 
