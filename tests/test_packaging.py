@@ -81,3 +81,14 @@ def test_library_does_not_import_notebook_machinery():
         if "book" in path.relative_to(ROOT / "accel").parts:
             continue
         assert not re.search(r"^\s*(from|import)\s+(ipywidgets|IPython)\b", path.read_text(), re.MULTILINE), path
+
+
+def test_licence_citation_and_one_version():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]  # an SPDX expression
+    licence = (ROOT / "LICENSE").read_text()
+    assert licence.startswith("MIT License") and "CC BY 4.0" in licence
+    assert "version" not in project and "version" in project["dynamic"]
+    version = re.search(r'^__version__ = "([^"]+)"$', (ROOT / "accel" / "__init__.py").read_text(), re.MULTILINE)
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert version and citation["version"] == version.group(1) and citation["license"] == "MIT"
