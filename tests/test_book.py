@@ -99,7 +99,7 @@ def test_links_follow_pyproject(tmp_path):
     url = links.repository_url()
     assert url.startswith("https://github.com/")
     assert links.colab_badge("00_x.ipynb").endswith(f"{url.removeprefix('https://github.com/')}/blob/main/notebooks/00_x.ipynb)")
-    assert links.install_line() == f'pip install -q "accel @ git+{url}"'
+    assert links.install_line() == f'pip install -q "accel-book[book] @ git+{url}"'
     with pytest.raises(ValueError, match="Invalid repository URL"):
         links.colab_url("x.ipynb", "https://example.org/x")
 

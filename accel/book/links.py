@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = "https://github.com/accel-book/accel"
 _BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^)\s\"']+")
-_INSTALL = re.compile(r"pip install -q \"accel @ git\+https://github\.com/[^\"]+\"")
+DISTRIBUTION = "accel-book"  # the name pip knows this package by (its import name is accel)
+_INSTALL = re.compile(r"pip install -q \"accel(?:-book)?(?:\[book\])? @ git\+https://github\.com/[^\"]+\"")
 
 
 def repository_url(pyproject: Path = ROOT / "pyproject.toml") -> str:
@@ -27,7 +28,7 @@ def repository_url(pyproject: Path = ROOT / "pyproject.toml") -> str:
     from importlib.metadata import PackageNotFoundError, metadata
 
     try:
-        for entry in metadata("accel").get_all("Project-URL") or []:
+        for entry in metadata(DISTRIBUTION).get_all("Project-URL") or []:
             label, _, url = entry.partition(",")
             if label.strip().lower() == "repository":
                 return url.strip().rstrip("/")
@@ -54,8 +55,9 @@ def colab_badge(notebook: str, url: str | None = None) -> str:
 
 
 def install_line(url: str | None = None) -> str:
-    """The Colab install line: pip resolves torch as already satisfied, so Colab's CUDA torch is never replaced."""
-    return f'pip install -q "accel @ git+{url or repository_url()}"'
+    """The Colab install line, with the book's extra: pip finds torch already satisfied, so Colab's CUDA torch is never
+    replaced, and Colab's ipywidgets 7.7.1 is inside the extra's range."""
+    return f'pip install -q "{DISTRIBUTION}[book] @ git+{url or repository_url()}"'
 
 
 def rewrite_notebook(path: Path, url: str | None = None) -> bool:
