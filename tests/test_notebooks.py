@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from accel.book.regression import compare, load, reference_path, run_smoke
-from accel.book.verify import checked_cell_problems
+from accel.book.verify import checked_cell_problems, prose_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -93,6 +93,27 @@ def test_checked_cell_rule_catches_a_rich_display_and_stderr():
     ends_on_a_value = {"cell_type": "code", "source": ["# NBVAL_CHECK_OUTPUT\n", "x = 1\n", "results.metric('m', x);"],
                        "outputs": []}
     assert "ends on an expression" in checked_cell_problems({"cells": [ends_on_a_value]})[0]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_has_no_internal_words_or_unrendered_templates(notebook):
+    problems = prose_problems(json.loads(notebook.read_text()))
+    assert not problems, "\n".join(problems)
+
+
+def test_prose_rule_catches_a_planted_cell():
+    def markdown(text):
+        return {"cell_type": "markdown", "source": [text]}
+
+    clean = markdown("The ratio is 0.49 ($R \\approx 4$, the configuration's `ledger_ratio`); see `accel.moe`.")
+    assert prose_problems({"cells": [clean]}) == []
+    planted = [markdown("As the feasibility study found (see the issue), R is `cfg.wall_ratio`."),
+               markdown("Speedup {results.speedup:.2f}; TODO rerun")]
+    problems = prose_problems({"cells": planted})
+    assert len(problems) == 5, problems
+    assert "cell 0" in problems[0] and "'feasibility study'" in problems[0] and "cell 1" in problems[-1]
+    code = {"cell_type": "code", "source": ["# the issue is cfg.x\n"], "outputs": []}
+    assert prose_problems({"cells": [code]}) == []  # code comments are not prose
 
 
 SPREAD = ROOT / "data" / "results" / "smoke_spread.json"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -46,6 +47,29 @@ def checked_cell_problems(notebook: dict) -> list[str]:
                 continue
             what = f"{kind} ({output.get('name')})" if kind == "stream" else f"{kind} {sorted(output.get('data', {}))}"
             problems.append(f"cell {index}: a checked cell shows {what}; print rounded text instead")
+    return problems
+
+
+# Words that belong to the project's own bookkeeping, not to a reader's chapter (matched case-insensitively, whole
+# words), and the shape of an unrendered template: a config or results attribute quoted as code in prose.
+INTERNAL_WORDS = ("issue", "issues", "feasibility study", "claim test", "claim tests", "could not be retrieved",
+                  "todo", "fixme", "tbd", "session", "helper agent")
+_INTERNAL = re.compile(r"\b(" + "|".join(re.escape(w) for w in INTERNAL_WORDS) + r")\b", re.IGNORECASE)
+_TEMPLATE = re.compile(r"`(?:cfg|config|results|book)\.[A-Za-z_][A-Za-z_0-9.]*`|\{(?:cfg|results|book)\.[^}]*\}")
+
+
+def prose_problems(notebook: dict) -> list[str]:
+    """Every place a notebook's markdown reads as work in progress: a project-internal word (INTERNAL_WORDS), or an
+    unrendered template (`cfg.x`, {cfg.x}) where the run's number belongs."""
+    problems = []
+    for index, cell in enumerate(notebook.get("cells", [])):
+        if cell.get("cell_type") != "markdown":
+            continue
+        text = "".join(cell.get("source", ""))
+        for match in _INTERNAL.finditer(text):
+            problems.append(f"cell {index}: project-internal word {match.group(0)!r} in prose")
+        for match in _TEMPLATE.finditer(text):
+            problems.append(f"cell {index}: unrendered template {match.group(0)} in prose; show the run's value")
     return problems
 
 
