@@ -18,6 +18,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from accel.experiments.progress import STATIC_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,15 +39,20 @@ def execute(notebook: Path, out_dir: Path, profile: str, timeout: int | None = N
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.unlink(missing_ok=True)
     start = time.perf_counter()
-    papermill.execute_notebook(
-        str(notebook),
-        str(out_dir / notebook.name),
-        parameters={"PROFILE": profile, "RESULTS_PATH": str(results_path)},
-        kernel_name="python3",
-        progress_bar={"desc": notebook.stem, "unit": "cell"},
-        cwd=str(notebook.parent),
-        execution_timeout=timeout,
-    )
+    saved = os.environ.get(STATIC_ENV)
+    os.environ[STATIC_ENV] = "1"  # the executed copies are for reading: loops print one summary line each
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(out_dir / notebook.name),
+            parameters={"PROFILE": profile, "RESULTS_PATH": str(results_path)},
+            kernel_name="python3",
+            progress_bar={"desc": notebook.stem, "unit": "cell"},
+            cwd=str(notebook.parent),
+            execution_timeout=timeout,
+        )
+    finally:
+        os.environ.pop(STATIC_ENV, None) if saved is None else os.environ.__setitem__(STATIC_ENV, saved)
     return results_path, time.perf_counter() - start
 
 
@@ -59,8 +66,9 @@ def execute_inplace(notebook: Path, profile: str, force: bool = False) -> tuple[
         raise SystemExit(f"{notebook} has uncommitted changes; commit them first (or pass --force to overwrite)")
     results_path = ROOT / "data" / "results" / f"{notebook.stem}.{profile}.json"
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in ("ACCEL_PROFILE", "ACCEL_RESULTS_PATH")}
-    os.environ.update(ACCEL_PROFILE=profile, ACCEL_RESULTS_PATH=str(results_path))
+    saved = {k: os.environ.get(k) for k in ("ACCEL_PROFILE", "ACCEL_RESULTS_PATH", STATIC_ENV)}
+    # static progress: loops print one summary line, not a tqdm widget frozen into the committed outputs
+    os.environ.update({"ACCEL_PROFILE": profile, "ACCEL_RESULTS_PATH": str(results_path), STATIC_ENV: "1"})
     start = time.perf_counter()
     # Executed into an untracked file beside it, moved over the notebook only at the end: the tracked tree stays clean
     # while the chapter runs, so its results file records a clean commit (no "-dirty").

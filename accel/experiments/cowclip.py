@@ -345,7 +345,7 @@ def run_arms(cfg: Config, arms: Iterable[Arm], seeds: Iterable[int], *, desc: st
              cache: dict | None = None) -> dict[str, list[Run]]:  # fmt: skip
     """Every arm for every seed, {arm name: [Run per seed]}. Runs not in ``cache`` are trained, in ``cfg.workers``
     processes of one thread each (0: here). Data are generated (and cached on disk) before the workers start."""
-    from tqdm.auto import tqdm
+    from accel.experiments.progress import progress_bar
 
     arms, seeds = list(arms), list(seeds)
     cache = {} if cache is None else cache
@@ -357,7 +357,7 @@ def run_arms(cfg: Config, arms: Iterable[Arm], seeds: Iterable[int], *, desc: st
                 todo[key] = (arm, seed)
     for variant in {arm.data for arm, _ in todo.values()}:
         load_data(cfg, variant)
-    with tqdm(total=len(todo), desc=desc, disable=not show_progress or not todo) as bar:
+    with progress_bar(total=len(todo), desc=desc, disable=not show_progress or not todo) as bar:
         if cfg.workers and len(todo) > 1:
             import multiprocessing
 

@@ -304,11 +304,12 @@ def fresh_examples_grid(cfg: Config, data: Data, device: torch.device, show_prog
     """Fresh examples (and steps) to the target for every echo factor and insertion point, every seed.
 
     Hardware-independent, so the upstream is fast here (work = 1). e = 1 is the same at every point: run once."""
-    from tqdm.auto import tqdm
+    from accel.experiments.progress import progress_bar
 
     arms = [(1, "none")] + [(e, p) for e in cfg.factors if e != 1 for p in cfg.points]
     runs: dict[tuple[float, str], list[Run]] = {arm: [] for arm in arms}
-    with tqdm(total=len(arms) * len(cfg.seeds), desc="fresh examples to target", disable=not show_progress) as bar:
+    total = len(arms) * len(cfg.seeds)
+    with progress_bar(total=total, desc="fresh examples to target", disable=not show_progress) as bar:
         for seed in cfg.seeds:
             for e, point in arms:
                 runs[(e, point)].append(train_on_stream(cfg, data, factor=e, point=point if e != 1 else "batch",
@@ -424,13 +425,13 @@ def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show
     ("spread": their range); its costs, R and steps/s are medians too. Second with costs probed alone (each side
     without the other, before the runs of every e; medians per target R), as one would plan: "measured / probed law"
     adds how the two sides slow each other down on this machine, and the drift between a probe and a run."""
-    from tqdm.auto import tqdm
+    from accel.experiments.progress import progress_bar
 
     rows = []
     with single_threaded():
         model, optimizer = make_model(cfg, seed, device)
         t_down_probe = float(np.median([downstream_seconds(cfg, model, optimizer, data, 20, device) for _ in range(5)]))
-        bar = tqdm(total=len(cfg.law_ratios) * len(cfg.law_factors), desc="law", disable=not show_progress)
+        bar = progress_bar(total=len(cfg.law_ratios) * len(cfg.law_factors), desc="law", disable=not show_progress)
         for ratio in cfg.law_ratios:
             work = calibrate_work(cfg, data, ratio * t_down_probe, seed)
             dataset = data.train.with_work(work)
@@ -498,7 +499,7 @@ def law_verdict(rows: list[dict]) -> tuple[bool | None, str]:
 def wall_clock(cfg: Config, data: Data, device: torch.device, show_progress: bool = True) -> dict:
     """e = 1 against e > 1 (echoing before augmentation) with an input side R ≈ wall_ratio times slower than a step;
     arms interleaved per seed. Returns the runs and the measured t_up, t_down."""
-    from tqdm.auto import tqdm
+    from accel.experiments.progress import progress_bar
 
     with single_threaded():
         model, optimizer = make_model(cfg, 0, device)
@@ -506,7 +507,8 @@ def wall_clock(cfg: Config, data: Data, device: torch.device, show_progress: boo
         work = calibrate_work(cfg, data, cfg.wall_ratio * t_down)
         t_up = upstream_seconds(data.train.with_work(work), cfg, 10, 0)
     runs: dict[float, list[Run]] = {e: [] for e in cfg.wall_factors}
-    with tqdm(total=len(cfg.seeds) * len(cfg.wall_factors), desc="wall clock", disable=not show_progress) as bar:
+    total = len(cfg.seeds) * len(cfg.wall_factors)
+    with progress_bar(total=total, desc="wall clock", disable=not show_progress) as bar:
         for seed in cfg.seeds:
             for e in cfg.wall_factors:
                 runs[e].append(train_to_target(cfg, data, factor=e, point="before_augment", seed=seed,

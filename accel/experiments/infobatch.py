@@ -281,10 +281,11 @@ def run_arms(cfg: Config, data: Data, arms: list[Arm], seeds, device: torch.devi
 
     Seed-major order (all arms of seed 0, then of seed 1, ...): a shared machine's speed drifts over minutes, and
     interleaving keeps that drift out of the wall-clock comparison between arms."""
-    from tqdm.auto import tqdm
+    from accel.experiments.progress import progress_bar
 
     results: dict[str, list[Run]] = {arm.name: [] for arm in arms}
-    with tqdm(total=len(arms) * len(seeds) * cfg.epochs, desc=desc, unit="epoch", disable=not show_progress) as bar:
+    total = len(arms) * len(seeds) * cfg.epochs
+    with progress_bar(total=total, desc=desc, unit="epoch", disable=not show_progress) as bar:
         for seed in seeds:
             for arm in arms:
                 results[arm.name].append(train(cfg, data, arm, seed, device, progress=bar.update))
@@ -318,13 +319,13 @@ def table1(cfg: Config, data: Data, device: torch.device, show_progress: bool = 
 
     Seed-major: for each seed, every arm runs back to back, the random-pruning arms matched to that seed's InfoBatch
     run, so the machine's drift in speed falls on all arms alike."""
-    from tqdm.auto import tqdm
+    from accel.experiments.progress import progress_bar
 
     arms = [Arm("full data", "full")] + [infobatch_arm(r, cfg.delta) for r in cfg.ratios]
     reference = infobatch_arm(0.5 if 0.5 in cfg.ratios else cfg.ratios[0]).name
     runs: dict[str, list[Run]] = {}
     total = (len(arms) + 2) * len(cfg.seeds) * cfg.epochs
-    with tqdm(total=total, desc="Table 1", unit="epoch", disable=not show_progress) as bar:
+    with progress_bar(total=total, desc="Table 1", unit="epoch", disable=not show_progress) as bar:
         for seed in cfg.seeds:
             for arm in arms:
                 runs.setdefault(arm.name, []).append(train(cfg, data, arm, seed, device, progress=bar.update))

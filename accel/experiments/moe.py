@@ -384,12 +384,12 @@ def run_arms(cfg: Config, data: TextCorpus, device: torch.device, arms: Iterable
              desc: str, show_progress: bool = True, cache: dict | None = None) -> dict[str, list[Run]]:
     """Every arm for every seed (seeds outermost, so a cut-short sweep still covers every arm). Runs keep their
     model. With ``cache`` (a dict shared between calls), a run already made with the same settings is reused."""
-    from tqdm.auto import tqdm
+    from accel.experiments.progress import progress_bar
 
     arms, seeds = list(arms), list(seeds)
     cache = {} if cache is None else cache
     runs: dict[str, list[Run]] = {arm.name: [] for arm in arms}
-    with tqdm(total=len(arms) * len(seeds), desc=desc, disable=not show_progress) as bar:
+    with progress_bar(total=len(arms) * len(seeds), desc=desc, disable=not show_progress) as bar:
         for seed in seeds:
             for arm in arms:
                 key = run_key(cfg, arm, seed)

@@ -303,13 +303,13 @@ def overlap_law_check(cfg: Config, device: torch.device, seed: int = 0, progress
     A shared or throttled machine drifts by tens of percent within a minute, so each pipelined run is paired with its
     own t_up and t_down measured just before it, and each row is the median of ``cfg.repeats`` such triples.
     """
-    from tqdm.auto import tqdm
+    from accel.experiments.progress import progress_bar
 
     rows = []
     with single_threaded():
         model, optimizer = make_model(cfg, device, seed)
         t_down_probe = downstream_seconds(model, optimizer, make_data(cfg, 1, seed), cfg, 20, device)
-        bar = tqdm(total=len(cfg.ratios) * len(cfg.echo_factors), desc="overlap law", disable=not progress)
+        bar = progress_bar(total=len(cfg.ratios) * len(cfg.echo_factors), desc="overlap law", disable=not progress)
         for ratio in cfg.ratios:
             work = calibrate_work(cfg, ratio * t_down_probe, seed)
             dataset = make_data(cfg, work, seed)
