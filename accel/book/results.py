@@ -34,17 +34,27 @@ import numpy as np
 from .tables import Table
 
 
-def git_commit() -> str | None:
-    """The commit of the checkout accel runs from (with ``-dirty`` when it has changes), or None outside git."""
+def git_commit(notebook: str | None = None) -> str | None:
+    """The commit of the checkout accel runs from (with ``-dirty`` when it has changes), or None outside git.
+
+    Recorded outputs do not count as changes: results files (data/results/) and the other chapters' notebooks, which
+    ``make outputs`` rewrites one after another while later chapters run. Everything else does, this chapter's
+    notebook (``notebook``, its stem) included.
+    """
     root = Path(__file__).resolve().parents[2]
+    outputs = [":(exclude)data/results", ":(exclude)notebooks/*.ipynb"]
+    this_notebook = [f"notebooks/{notebook}.ipynb"] if notebook else ["notebooks/*.ipynb"]
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
+        dirty = "".join(
+            subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", *paths],
+                capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+            for paths in ([".", *outputs], this_notebook)
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
@@ -90,7 +100,7 @@ class Results:
             "profile": profile,
             "device": device,
             "versions": versions,
-            "git_commit": git_commit(),
+            "git_commit": git_commit(notebook),
             "seed": seed,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "wall_time_s": 0.0,
