@@ -204,3 +204,27 @@ def test_verdicts_print_each_claim_with_its_mark(monkeypatch):
     assert results.verdicts("a", "b", "c") == "✓ a\n✗ b\n– c"
     with pytest.raises(KeyError, match="no claim recorded under"):
         results.verdicts("d")
+
+
+def test_git_commit_ignores_recorded_outputs_but_not_code_or_this_notebook(tmp_path, monkeypatch):
+    import subprocess
+
+    from accel.book import results as results_module
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    for name in ("accel/book/results.py", "notebooks/00_a.ipynb", "notebooks/01_b.ipynb", "data/results/00_a.cpu.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    monkeypatch.setattr(results_module, "__file__", str(tmp_path / "accel" / "book" / "results.py"))
+    assert not results_module.git_commit("01_b").endswith("-dirty")
+    (tmp_path / "notebooks" / "00_a.ipynb").write_text("1")  # another chapter's outputs, rewritten
+    (tmp_path / "data" / "results" / "00_a.cpu.json").write_text("1")
+    assert not results_module.git_commit("01_b").endswith("-dirty")
+    assert results_module.git_commit("00_a").endswith("-dirty")  # this chapter's own notebook differs
+    (tmp_path / "accel" / "book" / "results.py").write_text("1")  # code
+    assert results_module.git_commit("01_b").endswith("-dirty")
