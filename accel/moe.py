@@ -211,6 +211,14 @@ def router_probabilities(logits: torch.Tensor, dtype: torch.dtype = torch.float3
 # ----------------------------------------------------------------------------------------------- capacity
 
 
+def _check_experts(num_experts, top_k) -> None:
+    """ValueError unless num_experts is an int >= 1 and top_k an int in [1, num_experts]."""
+    if not _is_int(num_experts) or num_experts < 1:
+        raise _invalid("num_experts", num_experts, "an int >= 1")
+    if not _is_int(top_k) or not 1 <= top_k <= num_experts:
+        raise _invalid("top_k", top_k, f"an int with 1 <= top_k <= num_experts = {num_experts}")
+
+
 def expert_capacity(tokens: int, top_k: int, num_experts: int, factor: float | None) -> int | None:
     """Token-expert assignments one expert may take in a forward: floor(factor · top_k · tokens / num_experts), at
     least 1; None when factor is None (dropless).
@@ -221,10 +229,7 @@ def expert_capacity(tokens: int, top_k: int, num_experts: int, factor: float | N
     """
     if not _is_int(tokens) or tokens < 0:
         raise _invalid("tokens", tokens, "an int >= 0")
-    if not _is_int(num_experts) or num_experts < 1:
-        raise _invalid("num_experts", num_experts, "an int >= 1")
-    if not _is_int(top_k) or not 1 <= top_k <= num_experts:
-        raise _invalid("top_k", top_k, f"an int with 1 <= top_k <= num_experts = {num_experts}")
+    _check_experts(num_experts, top_k)
     if factor is None:
         return None
     if not (_is_real(factor) and factor > 0):
@@ -495,10 +500,7 @@ class MoE(nn.Module):
             raise _invalid("d_model", d_model, "an int >= 1")
         if not _is_int(d_ff) or d_ff < 1:
             raise _invalid("d_ff", d_ff, "an int >= 1")
-        if not _is_int(num_experts) or num_experts < 1:
-            raise _invalid("num_experts", num_experts, "an int >= 1")
-        if not _is_int(top_k) or not 1 <= top_k <= num_experts:
-            raise _invalid("top_k", top_k, f"an int with 1 <= top_k <= num_experts = {num_experts}")
+        _check_experts(num_experts, top_k)
         for name, factor in (("capacity_factor", capacity_factor), ("eval_capacity_factor", eval_capacity_factor)):
             if factor is not None and not (_is_real(factor) and factor > 0):
                 raise _invalid(name, factor, f"{name} > 0, or None for dropless")

@@ -12,31 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _echo_dist_worker import Indexed, add_noise  # the dataset and augment the 2-rank worker uses too
 from _gloo import run_two_ranks  # tests/_gloo.py: the two-rank launcher
-from torch.utils.data import Dataset
 
 from accel.echo import POINTS, echo, echo_batches, echoing_loader
 
 HERE = Path(__file__).resolve().parent
-
-
-class Indexed(Dataset):
-    """Sample i is (tensor([i.]), i): the label identifies the item, the tensor shows augmentation."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __len__(self):
-        return self.size
-
-    def __getitem__(self, index):
-        return torch.tensor([float(index)]), index
-
-
-def add_noise(sample, generator):
-    """Augmentation drawing from the generator it is given: adds a number in [0, 1) to x."""
-    x, label = sample
-    return x + torch.rand(1, generator=generator), label
 
 
 def labels_and_values(loader):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from accel.experiments.progress import STATIC_ENV
@@ -31,6 +32,20 @@ def chapters(paths: list[str] | None = None) -> list[Path]:
     return found
 
 
+@contextmanager
+def _environment(**values: str):
+    """Set these environment variables (inherited by the kernels papermill starts) and restore them afterwards.
+    Always sets STATIC_ENV: executed notebooks are for reading, so loops print one summary line, not a tqdm widget."""
+    values = {STATIC_ENV: "1", **values}
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
 def execute(notebook: Path, out_dir: Path, profile: str, timeout: int | None = None) -> tuple[Path, float]:
     """Run one chapter; returns (results path, seconds). Papermill shows a progress bar over the chapter's cells."""
     import papermill
@@ -39,9 +54,7 @@ def execute(notebook: Path, out_dir: Path, profile: str, timeout: int | None = N
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.unlink(missing_ok=True)
     start = time.perf_counter()
-    saved = os.environ.get(STATIC_ENV)
-    os.environ[STATIC_ENV] = "1"  # the executed copies are for reading: loops print one summary line each
-    try:
+    with _environment():
         papermill.execute_notebook(
             str(notebook),
             str(out_dir / notebook.name),
@@ -51,8 +64,6 @@ def execute(notebook: Path, out_dir: Path, profile: str, timeout: int | None = N
             cwd=str(notebook.parent),
             execution_timeout=timeout,
         )
-    finally:
-        os.environ.pop(STATIC_ENV, None) if saved is None else os.environ.__setitem__(STATIC_ENV, saved)
     return results_path, time.perf_counter() - start
 
 
@@ -66,21 +77,17 @@ def execute_inplace(notebook: Path, profile: str, force: bool = False) -> tuple[
         raise SystemExit(f"{notebook} has uncommitted changes; commit them first (or pass --force to overwrite)")
     results_path = ROOT / "data" / "results" / f"{notebook.stem}.{profile}.json"
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in ("ACCEL_PROFILE", "ACCEL_RESULTS_PATH", STATIC_ENV)}
-    # static progress: loops print one summary line, not a tqdm widget frozen into the committed outputs
-    os.environ.update({"ACCEL_PROFILE": profile, "ACCEL_RESULTS_PATH": str(results_path), STATIC_ENV: "1"})
     start = time.perf_counter()
     # Executed into an untracked file beside it, moved over the notebook only at the end: the tracked tree stays clean
     # while the chapter runs, so its results file records a clean commit (no "-dirty").
     executed = notebook.with_name(f".{notebook.stem}.executing.ipynb")
     try:  # no parameters: papermill then adds no injected cell to the committed notebook
-        papermill.execute_notebook(str(notebook), str(executed), kernel_name="python3", cwd=str(notebook.parent),
-                                   progress_bar={"desc": notebook.stem, "unit": "cell"})
+        with _environment(ACCEL_PROFILE=profile, ACCEL_RESULTS_PATH=str(results_path)):
+            papermill.execute_notebook(str(notebook), str(executed), kernel_name="python3", cwd=str(notebook.parent),
+                                       progress_bar={"desc": notebook.stem, "unit": "cell"})
         nb = nbformat.read(executed, as_version=4)
     finally:
         executed.unlink(missing_ok=True)
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     seconds = time.perf_counter() - start
     nb.metadata["accel"] = {"profile": profile, "seconds": round(seconds, 1)}
     nb.metadata.pop("papermill", None)  # timestamps and paths of this machine: noise in a diff
