@@ -1,16 +1,17 @@
-"""Drive a chapter notebook in real JupyterLab, in headless Chromium.
+"""Drive every chapter notebook in real JupyterLab, in headless Chromium.
 
-The test starts JupyterLab from this interpreter (so the kernel is this venv, with ``accel`` importable) on a
-temporary copy of the notebook, runs every cell from the "Run" menu, checks that no cell raised, then moves the
-first slider of the chapter's explorer widget (``.accel-explorer``) and checks that its live readout
-(``.accel-explorer-readout``) changes.  A screenshot goes to ``build/browser/<notebook>.png`` (and the explorer
-alone to ``build/browser/<notebook>_explorer.png``).
+The test starts one JupyterLab from this interpreter (so the kernel is this venv, with ``accel`` importable) on a
+temporary copy of the notebooks, and for each chapter, in the smoke profile: opens it in a fresh workspace, runs every
+cell from the "Run" menu, checks that no cell raised, then moves the first slider of the chapter's explorer widget
+(``.accel-explorer``) and checks that its live readout (``.accel-explorer-readout``) changes, and shuts its kernel
+down.  A screenshot goes to ``build/browser/<notebook>.png`` (and the explorer alone to
+``build/browser/<notebook>_explorer.png``).
 
 Chromium is Debian's (``/usr/bin/chromium``, installed by ``make setup`` when run as root); Playwright drives it, and
 never downloads a browser.  Missing Chromium, Playwright or notebook is a failure, never a skip.  The time limits
 below guard against a hang (a lab that never answers); they are generous so that a busy machine passes.
 
-``ACCEL_BROWSER_NOTEBOOK=/path/to/some.ipynb`` points the test at another notebook (for development).
+``ACCEL_BROWSER_NOTEBOOK=/path/to/some.ipynb`` points the test at one other notebook (for development).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import pytest
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / "notebooks" / "00_where_time_goes.ipynb"
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_ENV = "ACCEL_BROWSER_NOTEBOOK"
 SHOT_DIR = REPO / "build" / "browser"
 
@@ -73,9 +75,9 @@ LAB_SETTINGS = {
 # Helpers
 
 
-def notebook_under_test() -> Path:
+def notebooks_under_test() -> list[Path]:
     value = os.environ.get(NOTEBOOK_ENV)
-    return Path(value).expanduser().resolve() if value else NOTEBOOK
+    return [Path(value).expanduser().resolve()] if value else NOTEBOOKS
 
 
 def ensure_chromium() -> Path:
@@ -113,7 +115,7 @@ class Lab:
 
     def __init__(self, proc: subprocess.Popen, port: int, token: str, log: Path, root: Path):
         self.proc, self.port, self.token, self.log, self.root = proc, port, token, log, root
-        self.notebook: Path | None = None  # the staged notebook, relative to root
+        self.staged: dict[Path, Path] = {}  # notebook under test -> its staged copy, relative to root
 
     def url(self, path: str) -> str:
         sep = "&" if "?" in path else "?"
@@ -124,18 +126,20 @@ class Lab:
 
 
 def stage_notebook(notebook: Path, root: Path) -> Path:
-    """Copy the notebook (with its folder when it is the book's notebooks/) under root; return its relative path.
+    """Copy the notebook (with its folder when it is the book's notebooks/, once) under root; return its relative path.
 
     The copy loses its outputs, execution counts and saved widget state (so that what the test sees comes from
     this run, and a stale saved widget view cannot stand in for the live one), and is pointed at the `python3`
     kernel of this interpreter (so no kernel-picker dialog can block the run).
     """
-    if notebook.parent == NOTEBOOK.parent:
+    if notebook.parent == NOTEBOOK_DIR:
         folder = root / notebook.parent.name
-        shutil.copytree(notebook.parent, folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        if not folder.exists():
+            shutil.copytree(notebook.parent, folder,
+                            ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", ".*.ipynb"))
     else:
         folder = root / "notebooks"
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
     nb = json.loads(notebook.read_text(encoding="utf-8"))
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":
@@ -251,9 +255,9 @@ def lab(tmp_path_factory, chromium):
     tmp = tmp_path_factory.mktemp("jupyterlab")
     root = tmp / "root"
     root.mkdir()
-    rel = stage_notebook(notebook_under_test(), root)
+    staged = {notebook: stage_notebook(notebook, root) for notebook in notebooks_under_test() if notebook.is_file()}
     lab = start_lab(tmp, root)
-    lab.notebook = rel
+    lab.staged = staged
     try:
         yield lab
     finally:
@@ -365,8 +369,21 @@ def wait_until_settled(page, readout, quiet_s: float = 1.0) -> str:
     return text
 
 
-def test_notebook_runs_and_explorer_responds(request):
-    notebook = notebook_under_test()
+def shutdown_kernels(lab: Lab) -> None:
+    """Delete every session (and so its kernel) on the server, so that one chapter's kernel does not compete with the
+    next chapter's for the CPU."""
+    try:
+        with urllib.request.urlopen(lab.url("api/sessions"), timeout=10) as resp:
+            sessions = json.loads(resp.read())
+        for session in sessions:
+            request = urllib.request.Request(lab.url(f"api/sessions/{session['id']}"), method="DELETE")
+            urllib.request.urlopen(request, timeout=30).close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"\ncould not shut the kernels down: {exc}")
+
+
+@pytest.mark.parametrize("notebook", notebooks_under_test(), ids=lambda p: p.stem)
+def test_notebook_runs_and_explorer_responds(request, notebook):
     if not notebook.is_file():  # here, not in a fixture, so that it reads as a failure of this test
         pytest.fail(
             f"Notebook to test is missing: {notebook}"
@@ -380,7 +397,8 @@ def test_notebook_runs_and_explorer_responds(request):
     shot = SHOT_DIR / f"{notebook.stem}.png"
     explorer = page.locator(EXPLORER).first
     try:
-        page.goto(lab.url(f"lab/tree/{quote(lab.notebook.as_posix())}"))
+        # A workspace of its own per chapter, so that the previous chapter's tab is not restored beside it.
+        page.goto(lab.url(f"lab/workspaces/{notebook.stem}/tree/{quote(lab.staged[notebook].as_posix())}"))
 
         # The notebook is open and its kernel has started.
         page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell", timeout=60_000)
@@ -430,4 +448,5 @@ def test_notebook_runs_and_explorer_responds(request):
             print(f"\nscreenshot: {shot}  ({time.monotonic() - started:.1f} s in the browser)")
         except Exception as exc:  # never hide the real failure behind a failed screenshot
             print(f"\nno screenshot: {exc}")
+        shutdown_kernels(lab)
     print(f"open notebook + kernel: {opened - started:.1f} s, run all: {ran - opened:.1f} s")

@@ -94,8 +94,24 @@ def execute_inplace(notebook: Path, profile: str, force: bool = False) -> tuple[
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+    static_widget_text(nb)
     nbformat.write(nb, notebook)
     return results_path, seconds
+
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_TEXT = ("Interactive explorer: its controls run in a live kernel (JupyterLab, Colab). The figure and readout "
+               "above show its initial setting.")
+
+
+def static_widget_text(nb) -> None:
+    """Replace each widget output's plain-text fallback (a ``VBox(children=(...`` repr that viewers without a kernel
+    print) with one sentence saying what the widget is and where its initial state is shown."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_MIME in data:
+                data["text/plain"] = WIDGET_TEXT
 
 
 def summary(rows: list[tuple[str, float, dict]]) -> str:

@@ -26,6 +26,16 @@ def _readout_html(title: str, values: Readout) -> str:
     return f"<div><b>{html.escape(title)}</b><table>{cells}</table></div>"
 
 
+def static_readout(knobs: dict[str, Any], values: Readout) -> str:
+    """The explorer's readout at one setting as plain text: what GitHub, nbviewer and VS Code show under the static
+    figure, where the widgets cannot run."""
+    setting = ", ".join(f"{name} = {format_cell(value, 3)}" for name, value in knobs.items())
+    width = max(len(str(name)) for name in values) if values else 0
+    lines = [f"Readout at {setting} (move the controls below in a live kernel):"]
+    lines += [f"  {str(name).ljust(width)}  {format_cell(value, 3)}" for name, value in values.items()]
+    return "\n".join(lines)
+
+
 def explorer(
     controls: dict[str, Sequence[Any]],
     answer: Callable[..., Readout],
@@ -44,7 +54,8 @@ def explorer(
         plot: ``plot(ax, knobs, readout)`` draws the current setting; drawn once statically, then live.
         run: ``run(**knobs) -> {readout name: value}``, the live (slow) path behind the "run" button.
         initial: starting values (default: the middle of each grid).
-        show_static: draw the static figure for the initial setting before the widgets.
+        show_static: before the widgets, draw the static figure for the initial setting and print its readout as
+            plain text, so a viewer without a kernel sees both.
 
     Returns the ipywidgets box (CSS class ``accel-explorer``; its readout has ``accel-explorer-readout``).
     """
@@ -60,10 +71,13 @@ def explorer(
             raise ValueError(f"Invalid initial[{name!r}]: {value!r}; allowed: {list(controls.get(name, []))}")
         knobs[name] = value
 
-    if plot is not None and show_static:
-        fig, ax = plt.subplots()
-        plot(ax, dict(knobs), answer(**knobs))
-        plt.show()
+    if show_static:
+        initial_readout = answer(**knobs)
+        if plot is not None:
+            fig, ax = plt.subplots()
+            plot(ax, dict(knobs), initial_readout)
+            plt.show()
+        print(static_readout(knobs, initial_readout))
 
     sliders = {
         name: widgets.SelectionSlider(

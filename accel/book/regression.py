@@ -25,6 +25,9 @@ def make_reference(results: dict[str, Any]) -> dict[str, Any]:
     return {
         "notebook": results["notebook"],
         "profile": results["profile"],
+        # not compared: what the chapter's header reports as the smoke run time on the machine that made the reference
+        "wall_time_s": round(float(results.get("wall_time_s") or 0.0), 1),
+        "device": results.get("device"),
         "metrics": {
             name: {k: m[k] for k in ("value", "abs", "rel", "unit")}
             for name, m in sorted(results["metrics"].items())

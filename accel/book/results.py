@@ -6,7 +6,8 @@ Schema (tests/reference/*.smoke.json compare against ``metrics``, ``tables`` and
      "metrics": {name: {"value": float, "abs": float|None, "rel": float|None, "unit": str}},
      "tables":  {name: {"title", "columns": [...], "rows": [[...]], "note"}},
      "claims":  {name: {"passed": bool|None, "detail": str, "compare": bool}},
-     "key_results": [{"label", "this_run", "paper"}]}
+     "key_results": [{"label", "this_run", "paper"}],
+     "ledger": {"title", "baseline", "arm", "row": {column: value}}}  # the chapter's headline ledger row
 
 ``abs``/``rel`` are the tolerances the chapter declares for its smoke regression: a metric that depends on timing gets
 a wide one, a metric that depends only on seeds a tight one, and None means "not compared". A claim's ``passed`` is
@@ -63,6 +64,14 @@ def git_commit(notebook: str | None = None) -> str | None:
 MARKS = {True: "✓", False: "✗", None: "–"}
 
 
+def claim_line(name: str, claim: dict) -> str:
+    """One claim as a reader sees it: its mark, its statement and the measured detail that decided it."""
+    detail = claim.get("detail") or ""
+    if claim.get("passed") is None:
+        return f"{MARKS[None]} {name}: not evaluated" + (f": {detail}" if detail else "")
+    return f"{MARKS[claim['passed']]} {name}" + (f": {detail}" if detail else "")
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "to_json"):
         return value.to_json()
@@ -108,6 +117,7 @@ class Results:
             "tables": {},
             "claims": {},
             "key_results": [],
+            "ledger": None,
         }
 
     def metric(self, name: str, value: float, *, abs: float | None = None, rel: float | None = None,
@@ -130,17 +140,21 @@ class Results:
         self.save()
         return table
 
-    def claim(self, name: str, passed: bool | None, detail: str = "", *, compare: bool = True) -> bool | None:
-        """Record whether one of the paper's claims held in this run, with the numbers that decided it.
+    def claim(self, name: str, passed: bool | None, detail: str = "", *, compare: bool = True,
+              show: bool = True) -> bool | None:
+        """Record whether one of the paper's claims held in this run, with the numbers that decided it, and print it
+        where it is checked: ``✓ name: detail`` (held), ``✗ ...`` (did not hold), ``– name: not evaluated: detail``.
 
         ``passed=None``: the run could not evaluate the claim; ``detail`` says why. ``compare=False`` for a claim that
         rests on wall-clock timings: the smoke regression then checks that it was recorded, not its outcome (a loaded
-        CI machine may flip it; ``make verify`` judges it at full size)."""
+        CI machine may flip it; ``make verify`` judges it at full size). ``show=False`` records without printing."""
         if passed is not None and not isinstance(passed, (bool, np.bool_)):
             raise TypeError(f"Invalid passed for claim {name!r}: {passed!r}; expected True, False or None")
         outcome = None if passed is None else bool(passed)
         self.data["claims"][name] = {"passed": outcome, "detail": str(detail), "compare": bool(compare)}
         self.save()
+        if show:
+            print(claim_line(name, self.data["claims"][name]))
         return outcome
 
     def verdicts(self, *names: str) -> str:
@@ -160,6 +174,19 @@ class Results:
         entries = [e for e in self.data["key_results"] if e["label"] != label]
         self.data["key_results"] = entries + [{"label": label, "this_run": this_run, "paper": paper}]
         self.save()
+
+    def ledger(self, table: Table, *, arm: str) -> Table:
+        """Record the chapter's speedup ledger (a table from ``accel.book.ledger_table``) under ``tables["ledger"]``,
+        and ``arm``'s row as the chapter's headline ledger row (shown in "Results at a glance")."""
+        names = [row[0] for row in table.rows]
+        if arm not in names:
+            raise ValueError(f"Invalid arm: {arm!r}; the ledger's arms are {names}")
+        row = next(r for r in table.rows if r[0] == arm)
+        self.table("ledger", table)
+        self.data["ledger"] = _checked({"title": table.title, "arm": arm, "row": dict(zip(table.columns, row))},
+                                       "ledger row")
+        self.save()
+        return table
 
     def save(self) -> None:
         self.data["wall_time_s"] = round(time.perf_counter() - self._started, 3)

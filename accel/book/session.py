@@ -22,12 +22,13 @@ DEVICE_ENV = "ACCEL_DEVICE"
 
 
 def resolve_profile(profile: str = "auto") -> str:
-    """The profile a chapter runs in: ``ACCEL_PROFILE`` if set, else ``profile``; ``auto`` is ``paper`` on CUDA, else
-    ``cpu``. An unknown name raises ValueError listing the allowed ones."""
+    """The profile a chapter runs in: ``ACCEL_PROFILE`` if set, else ``profile``. ``auto`` is ``cpu`` on every device:
+    the ``paper`` profile (the papers' full recipes: hours to days even on a GPU) runs only when asked for by name.
+    An unknown name raises ValueError listing the allowed ones."""
     requested = os.environ.get(PROFILE_ENV) or profile
     name = str(requested).strip().lower()
     if name == "auto":
-        return "paper" if torch.cuda.is_available() else "cpu"
+        return "cpu"
     if name not in PROFILES:
         source = f"environment variable {PROFILE_ENV}" if os.environ.get(PROFILE_ENV) else "profile"
         raise ValueError(f"Invalid {source}: {requested!r}; allowed: 'auto', " + ", ".join(repr(p) for p in PROFILES))
@@ -115,7 +116,7 @@ def start(
     """Set a chapter up and print one line: profile, device, versions.
 
     Args:
-        profile: ``auto`` (``paper`` on CUDA, else ``cpu``), ``smoke``, ``cpu`` or ``paper``; ``ACCEL_PROFILE`` wins.
+        profile: ``auto`` (= ``cpu``, on any device), ``smoke``, ``cpu`` or ``paper``; ``ACCEL_PROFILE`` wins.
         seed: the root of every generator the chapter uses (``Book.generator``/``Book.rng``); global RNGs untouched.
         notebook: the chapter's name, written to the results file.
         results_path: where the results JSON goes (papermill injects ``RESULTS_PATH``); if None, ``ACCEL_RESULTS_PATH``;
@@ -144,4 +145,8 @@ def start(
             f"accel {v['accel']} | profile {resolved} | device {describe_device(device)} | "
             f"torch {v['torch']} | python {v['python']} | seed {seed}"
         )
+        if notebook:
+            from .glance import run_time_line
+
+            print(run_time_line(notebook))
     return book

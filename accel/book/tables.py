@@ -28,6 +28,9 @@ class MeanStd:
         return cls(float(array.mean()), std, int(array.size))
 
     def format(self, digits: int = 2) -> str:
+        """``mean ± std``; a single seed has no spread to show, so it reads ``mean (n = 1)``."""
+        if self.n == 1:
+            return f"{self.mean:.{digits}f} (n = 1)"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
     def to_json(self) -> dict[str, float]:
@@ -44,7 +47,11 @@ def format_cell(value: Any, digits: int = 2) -> str:
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
     if isinstance(value, (float, np.floating)):
-        return "nan" if math.isnan(value) else f"{float(value):.{digits}f}"
+        if math.isnan(value):
+            return "nan"
+        if float(value).is_integer() and abs(value) >= 1000:  # a count carried as a float: no decimals, separators
+            return f"{int(value):,}"
+        return f"{float(value):,.{digits}f}" if abs(value) >= 1000 else f"{float(value):.{digits}f}"
     return str(value)
 
 

@@ -3,11 +3,21 @@
 Four columns, because a speedup claim is only as good as what it counts: sample-iterations (or fresh examples) to
 the target, optimizer steps, wall clock, and the quality change. A method can win on one and lose on another (data
 echoing needs fewer fresh examples but more steps; InfoBatch needs fewer sample-iterations and fewer steps).
+
+"To target" means one thing in every chapter: the first evaluation at which the run's quality metric reaches the
+chapter's target (``first_reach``); an arm reaches it only if every seed does, and its cost is then the mean over
+seeds. A run that never reaches the target has no cost to the target (None), whatever it reached at the end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+
+# One evaluation of a run: (sample-iterations or fresh examples so far, optimizer steps so far, seconds so far, quality)
+Point = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -19,6 +29,31 @@ class LedgerEntry:
     steps_to_target: int | None
     seconds_to_target: float | None
     quality: float  # the chapter's quality metric at the end of the budget (accuracy, AUC, ...)
+
+
+def first_reach(curve: Sequence[Point], target: float, *, lower_is_better: bool = False) -> Point | None:
+    """The first evaluation of ``curve`` whose quality reaches ``target`` (>=, or <= when ``lower_is_better``),
+    or None when none does."""
+    for point in curve:
+        quality = point[3]
+        if (quality <= target) if lower_is_better else (quality >= target):
+            return point
+    return None
+
+
+def entry_from_runs(arm: str, curves: Sequence[Sequence[Point]], target: float, *,
+                    lower_is_better: bool = False) -> LedgerEntry:
+    """A ledger entry from one curve per seed (each a list of ``(samples, steps, seconds, quality)`` evaluations):
+    the mean cost to the target's first crossing when every seed reaches it (None otherwise), and the mean final
+    quality."""
+    if not curves or any(len(curve) == 0 for curve in curves):
+        raise ValueError(f"Invalid curves for arm {arm!r}: every seed needs at least one evaluation")
+    hits = [first_reach(curve, target, lower_is_better=lower_is_better) for curve in curves]
+    final = float(np.mean([curve[-1][3] for curve in curves]))
+    if any(hit is None for hit in hits):
+        return LedgerEntry(arm, None, None, None, final)
+    samples, steps, seconds = (np.mean([hit[i] for hit in hits]) for i in range(3))
+    return LedgerEntry(arm, int(round(samples)), int(round(steps)), float(seconds), final)
 
 
 def ledger_rows(entries: list[LedgerEntry], baseline: str) -> list[list]:
