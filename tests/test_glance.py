@@ -57,7 +57,9 @@ def test_show_ledger_records_the_table_and_its_headline_row(results):
     recorded = json.loads(results.path.read_text())
     assert recorded["tables"]["ledger"]["rows"][1][0] == "method"
     assert recorded["ledger"]["arm"] == "method"
-    assert recorded["ledger"]["row"]["samples to target"] == 600
+    row = recorded["ledger"]["row"]
+    assert row["samples to target"] == 600 and row["samples × baseline"] == pytest.approx(0.6)
+    assert row["steps × baseline"] == pytest.approx(0.6) and row["wall clock × baseline"] == pytest.approx(0.75)
     assert table.rows[1][2] == pytest.approx(0.6)
     with pytest.raises(ValueError, match="Invalid arm: 'nope'"):
         show_ledger(results, entries, baseline="base", arm="nope", target="t", quality="q")
@@ -79,6 +81,7 @@ def test_at_a_glance_shows_every_claim_key_result_ledger_row_and_provenance(resu
 
 
 def test_when_it_pays_needs_all_three_parts():
+    assert when_it_pays(["a"], ["b"], "c") is None  # displayed (printed outside Jupyter), not returned to show twice
     text = when_it_pays(["1.9× faster"], ["twice the steps"], "echo when R > 1.5", show=False)
     assert "When it pays" in text and "- 1.9× faster" in text and "twice the steps" in text and "R > 1.5" in text
     with pytest.raises(ValueError, match="Invalid when_it_pays"):

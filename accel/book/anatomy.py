@@ -49,9 +49,9 @@ def anatomy_problems(notebook: dict, results: dict[str, Any] | None) -> list[str
     for part in ("What you will learn", "Prerequisites", "Run time"):
         if part.lower() not in header.lower():
             problems.append(f"header: no {part!r} in the first markdown cell")
-    if not any("diagrams" in _source(c) and any("image/png" in o.get("data", {}) for o in c.get("outputs", []))
-               for c in code):
-        problems.append("no concept diagram (a cell drawing accel.book.diagrams with a figure output)")
+    if not any(re.search(r"diagrams|\bdraw_\w+\(", _source(c))
+               and any("image/png" in o.get("data", {}) for o in c.get("outputs", [])) for c in code):
+        problems.append("no concept diagram (a cell drawing one of accel.book.diagrams with a figure output)")
     if "When it pays, and when it does not" not in shown:
         problems.append("no \"When it pays, and when it does not\" box in the outputs")
     exercises = next((m for m in markdown if re.search(r"^#+ .*Exercises", m, re.M)), None)

@@ -62,10 +62,11 @@ def _display_markdown(text: str) -> None:
     display(Markdown(text))
 
 
-def when_it_pays(benefit: Sequence[str], cost: Sequence[str], rule: str, *, show: bool = True) -> str:
+def when_it_pays(benefit: Sequence[str], cost: Sequence[str], rule: str, *, show: bool = True) -> str | None:
     """The "When it pays, and when it does not" box: measured benefit, measured cost and a decision rule.
 
-    Each item is a sentence the chapter formats from its run's numbers. Returns the Markdown (and displays it)."""
+    Each item is a sentence the chapter formats from its run's numbers. Displays the Markdown (``show``, returning None
+    so that a notebook does not show it twice) or returns it."""
     if not benefit or not cost or not rule:
         raise ValueError("Invalid when_it_pays: benefit, cost and rule must each be non-empty")
     lines = ["> **When it pays, and when it does not**", ">", "> *Measured benefit in this run*", ">"]
@@ -75,13 +76,14 @@ def when_it_pays(benefit: Sequence[str], cost: Sequence[str], rule: str, *, show
     text = "\n".join(lines)
     if show:
         _display_markdown(text)
+        return None
     return text
 
 
-def at_a_glance(results: Results | dict, *, show: bool = True) -> str:
+def at_a_glance(results: Results | dict, *, show: bool = True) -> str | None:
     """The chapter's closing summary: key results beside the paper, every claim with its mark, the ledger's headline
-    row, and the run's provenance (profile, device, versions, commit, seconds). Returns the Markdown (and displays
-    it)."""
+    row, and the run's provenance (profile, device, versions, commit, seconds). Displays the Markdown (``show``,
+    returning None) or returns it."""
     data = results.data if isinstance(results, Results) else results
     if isinstance(results, Results):
         results.save()  # brings wall_time_s up to now
@@ -110,4 +112,5 @@ def at_a_glance(results: Results | dict, *, show: bool = True) -> str:
     text = "\n".join(lines)
     if show:
         _display_markdown(text)
+        return None
     return text

@@ -20,7 +20,7 @@ def ledger_table(entries: list[LedgerEntry], *, baseline: str, target: str, qual
         samples: what the first column counts ("samples" = sample-iterations, or "fresh examples").
     """
     columns = list(LEDGER_COLUMNS)
-    columns[1] = f"{samples} to target"
+    columns[1:3] = [f"{samples} to target", f"{samples} × baseline"]
     title = f"Ledger: cost to {target} (first crossing; mean over seeds), quality = {quality}"
     return Table(title, columns, ledger_rows(entries, baseline=baseline),
                  note=note or "— : not every seed reached the target within the budget.")

@@ -1,7 +1,7 @@
 """How far each compared smoke metric moves between CPUs, thread counts and seeds: the measurement behind the tolerances
 that the chapters declare (``make spread``).
 
-    python -m accel.book.spread [--levels default avx2 avx512] [--seeds 0 1 2] [notebooks/01_infobatch.ipynb ...]
+    python -m accel.book.spread [--levels default avx2 avx512] [--seeds 0 1 2] [--fresh] [notebooks/01_x.ipynb ...]
 
 A CPU without AVX-512 differs from one with it in three places, each of which picks its vector code on its own: torch's
 own kernels (``ATEN_CPU_CAPABILITY``), MKL's matrix products (``MKL_ENABLE_INSTRUCTIONS``) and oneDNN's convolutions
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", nargs="*", default=None, help="default: every level this CPU offers")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--skip-stored", action="store_true", help="run only the configurations not yet stored")
+    parser.add_argument("--fresh", action="store_true",
+                        help="forget the chapter's stored runs first (its code changed: they measured old code)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     levels = args.levels or available_levels()
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for notebook in chapters(args.notebooks or None):
             chapter = report["chapters"].setdefault(notebook.stem, {})
+            if args.fresh:
+                chapter.clear()
             runs = chapter.setdefault("runs", {})
             for name, seed, env in configs:
                 if args.skip_stored and "error" not in runs.get(name, {"error": None}):

@@ -73,5 +73,5 @@ def ledger_rows(entries: list[LedgerEntry], baseline: str) -> list[list]:
     ]
 
 
-LEDGER_COLUMNS = ["arm", "samples to target", "× baseline", "steps to target", "× baseline", "wall clock (s)",
-                  "× baseline", "quality", "Δ quality"]
+LEDGER_COLUMNS = ["arm", "samples to target", "samples × baseline", "steps to target", "steps × baseline",
+                  "wall clock to target (s)", "wall clock × baseline", "quality", "Δ quality"]
