@@ -1,5 +1,6 @@
 """Chapter 03's experiment functions (accel.experiments.cowclip) on a tiny synthetic set."""
 
+import json
 import math
 from dataclasses import replace
 
@@ -163,3 +164,74 @@ def test_readme_usage_trains_a_model():
         losses.append(loss.item())
         loss.backward(); opt.step(ids=ids); opt.zero_grad()  # noqa: E702
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_runs_record_curves_and_row_norms():
+    run = chapter.train(TINY, chapter.Arm("cc", multiplier=4), seed=0)
+    assert len(run.curve_points) == len(run.auc_per_epoch)
+    samples, steps, seconds, quality = run.curve_points[-1]
+    assert steps == run.steps and samples == run.steps * 128 and seconds > 0 and quality == run.auc_per_epoch[-1]
+    assert len(run.norm_init) == len(run.norm_end) == len(chapter.FREQUENCY_BUCKETS)
+    assert all(n > 0 for n in run.norm_init)
+
+
+def test_l2_mult_and_run_key_normalise_arms():
+    cfg = TINY
+    assert chapter.hyperparameters(cfg, chapter.Arm("x", multiplier=4, l2_mult=0.0))["l2"] == 0
+    same = [chapter.Arm("a", multiplier=4), chapter.Arm("b", multiplier=4, clip=True, model=cfg.model, r=cfg.r)]
+    assert chapter.run_key(cfg, same[0], 1) == chapter.run_key(cfg, same[1], 1)
+    assert chapter.run_key(cfg, same[0], 1) != chapter.run_key(cfg, chapter.Arm("c", multiplier=4, clip=False), 1)
+
+
+def test_seeded_shifts_every_seed_list():
+    cfg = chapter.seeded(TINY, 5)
+    assert cfg.seeds == tuple(5 + s for s in TINY.seeds)
+    assert cfg.table1_seeds == tuple(5 + s for s in TINY.table1_seeds)
+    assert cfg.step_matched_seeds == tuple(5 + s for s in TINY.step_matched_seeds)
+
+
+def test_bucket_norms_and_gap_and_rule_curve():
+    import torch
+
+    weight = torch.tensor([[3.0, 4.0], [0.0, 1.0], [6.0, 8.0], [0.0, 0.0]])
+    buckets = torch.tensor([0, 0, 3, 3])
+    assert chapter.bucket_norms(weight, buckets) == pytest.approx([3.0, 0.0, 0.0, 5.0])
+
+    def runs(*aucs):
+        return [chapter.Run("x", seed, {"batch_size": 8}, a, 0.0, [a], 1, 1, 1.0, 0.1, None)
+                for seed, a in enumerate(aucs)]
+
+    table = {"base": runs(0.7, 0.8), "sqrt ×4": runs(0.6, 0.8), "sqrt ×16": runs(0.5, 0.5)}
+    mean, std, n = chapter.gap(table["sqrt ×4"], table["base"])
+    assert (mean, n) == (pytest.approx(-0.05), 2) and std == pytest.approx(np.std([-0.1, 0.0], ddof=1))
+    ks, means, _ = chapter.rule_curve(table, "sqrt")
+    assert ks == [1, 4, 16] and means == pytest.approx([0.75, 0.7, 0.5])
+
+
+def test_paper_speedup_and_clip_cost(tmp_path):
+    ps = chapter.paper_speedup()
+    assert ps["speedup"] == pytest.approx(768 / 9) and 1.4 < ps["step_cost_ratio"] < 1.6
+    assert chapter.clip_cost(tmp_path / "missing.json") is None
+    arms = {"baseline": {"ms_step": 100.0, "ms_optimizer": 10.0}, "cowclip": {"ms_step": 104.0, "ms_optimizer": 14.0}}
+    record = {"runs": [{"batch_size": 16, "rows": 10, "threads": 2,
+                        "results": [{"mode": "dense", "arms": arms, "pair_ratio_median": 1.04}]}]}
+    (tmp_path / "b.json").write_text(json.dumps(record))
+    (cost,) = chapter.clip_cost(tmp_path / "b.json")
+    assert cost["mode"] == "dense" and cost["ratio"] == 1.04 and cost["ms_opt_clip"] - cost["ms_opt"] == 4.0
+
+
+def test_explorer_index_and_nearest():
+    cfg = TINY
+    runs = chapter.run_arms(cfg, chapter.cowclip_arms(cfg), cfg.seeds, show_progress=False)
+    trained = chapter.explorer_index(cfg, [runs], {})
+    assert (16, "cowclip", cfg.r, cfg.zeta) in trained
+    name, value = chapter.nearest(trained, 8, "cowclip", 1.0, 1e-5)
+    assert name in runs and 0 < value < 1
+
+
+def test_display_helpers():
+    assert chapter.plural(1, "seed") == "1 seed" and chapter.plural(3, "epoch") == "3 epochs"
+    assert chapter.zeta_label(1e-5) == "1e-05" and chapter.zeta_label(1e-2) == "1e-02"
+    runs = {name: [chapter.Run(name, 0, {}, auc, 0.0, [], 1, 1, 1.0, 0.0, None)]
+            for name, auc in (("none ×8", 0.5), ("sqrt ×8", 0.6), ("linear ×8", 0.65))}
+    assert chapter.strongest_rule(runs, 8) == ("linear", 0.65)

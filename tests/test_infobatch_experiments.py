@@ -111,3 +111,103 @@ def test_paper_profile_path_runs_on_the_cifar_fixture(tmp_path, monkeypatch):
     assert data.x.shape[1:] == (3, 32, 32) and data.num_classes == 10
     run = chapter.train(cfg, data, chapter.infobatch_arm(0.5, cfg.delta), 0, device)
     assert run.used <= 2 * len(data.y) and 0 <= run.accuracy <= 100
+
+
+@pytest.fixture(scope="module")
+def smoke_table1():
+    cfg = chapter.config("smoke", epochs=4, seeds=(0, 1))
+    data = chapter.load_data(cfg, torch.device("cpu"))
+    return cfg, chapter.table1(cfg, data, torch.device("cpu"), show_progress=False)
+
+
+def test_table1_runs_record_curves_and_feed_the_ledger(smoke_table1):
+    from accel.experiments.ledger import entry_from_runs
+
+    cfg, runs = smoke_table1
+    run = runs["InfoBatch r=0.5"][0]
+    curve = run.curve
+    assert len(curve) == cfg.epochs and curve[-1][0] == run.used and curve[-1][3] == run.accuracy
+    assert all(a[0] < b[0] and a[1] < b[1] and a[2] <= b[2] for a, b in zip(curve, curve[1:]))  # cumulative
+    assert curve[-1][1] == sum(h["steps"] for h in run.history)
+    assert math.isclose(curve[-1][2], run.seconds, rel_tol=1e-9)
+    # "to target" is the first crossing: a target below the first evaluation is reached at epoch 0's cost
+    low = entry_from_runs("ib", chapter.ledger_curves(runs["InfoBatch r=0.5"]), target=0.0)
+    assert low.samples_to_target == len(chapter.load_data(cfg, torch.device("cpu")).y)
+    assert entry_from_runs("ib", chapter.ledger_curves(runs["InfoBatch r=0.5"]), target=101.0).samples_to_target is None
+    with pytest.raises(ValueError, match="record_curve"):
+        _ = chapter.Run("a", 0, 50.0, 1, 1, 0.1, [{"used": 1}]).curve
+
+
+def test_tables_and_commentary_from_runs(smoke_table1):
+    from accel.book import MeanStd
+
+    cfg, runs = smoke_table1
+    rows = dict(chapter.table1_rows(cfg, runs, MeanStd.of))
+    assert rows["full data"]["Δ vs full"][1].mean == 0 and rows["full data"]["saved %"] == (0.0, MeanStd(0.0, 0.0, 2))
+    ib = rows["InfoBatch r=0.5"]
+    assert ib["saved %"][0] == 50.0 and ib["Δ vs full"][0] == -0.5 and 0 < ib["saved %"][1].mean < 50
+    assert rows[chapter.STATIC]["saved %"][0] == 30.0
+    gaps = chapter.paired_gaps(runs["InfoBatch r=0.5"], runs["full data"])
+    assert ib["Δ vs full"][1].mean == pytest.approx(np.mean(gaps))
+    for name in runs:
+        assert chapter.short_name(name) and chapter.family(name)
+    with pytest.raises(ValueError, match="Invalid arm name"):
+        chapter.family("mystery")
+    text = chapter.table1_commentary(cfg, runs)
+    assert "paired by seed" in text and "Random*" in text and "(n = 1)" not in text
+    cost = chapter.overhead(runs["InfoBatch r=0.5"], runs["full data"])
+    assert cost["draw_ms_per_epoch"] > 0 and cost["update_ms_per_epoch"] > 0
+    assert cost["gap"] == pytest.approx(cost["saved"] - cost["wall_saved"])
+    assert set(chapter.arm_points(runs)) == set(runs)
+
+
+def test_accuracy_range_and_random_model_share():
+    assert chapter.accuracy_range([96.3, 96.4]) == pytest.approx((94.85, 97.85))
+    lo, hi = chapter.accuracy_range([80.0, 95.0])
+    assert lo == pytest.approx(79.7) and hi == pytest.approx(95.3)
+    assert chapter.accuracy_range([99.9])[1] == 100.0
+    assert chapter.random_model_share(np.array([math.log(10), 0.5, 2.31, 1.0]), 10) == 0.5
+
+
+def test_concept_diagram_draws():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from accel.book.diagrams.infobatch import draw_infobatch_cycle
+
+    fig = draw_infobatch_cycle(prune_ratio=0.5, delta=0.875)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "1/(1−r) = 2" in texts and "annealing" in texts
+    plt.close(fig)
+
+
+def _run(arm: str, accuracy: float, seed: int = 0, used: int = 75) -> "chapter.Run":
+    return chapter.Run(arm, seed, accuracy, used, 100, 1.0)
+
+
+def test_wording_helpers_pluralise_and_handle_one_value_sweeps():
+    assert chapter.plural(1, "seed") == "1 seed" and chapter.plural(3, "seed") == "3 seeds"
+    assert chapter.plural(1_000, "epoch") == "1,000 epochs"
+    cfg = chapter.config("smoke")
+    assert "digits" in chapter.describe_setup(cfg, 1438) and "1 seed." in chapter.describe_setup(cfg, 1438)
+    assert "MNIST-1D" in chapter.describe_setup(chapter.config("cpu"), 9000)
+    one = {"ratio": {0.5: [_run("InfoBatch r=0.5", 94.0)]}, "delta": {cfg.delta: [_run("InfoBatch r=0.5", 94.0)]}}
+    rows = chapter.sweep_rows(cfg, one, lambda xs: float(np.mean(xs)))
+    assert [row[0] for row in rows] == [f"r = 0.5, δ = {cfg.delta:g}"]  # the shared setting appears once
+    text = chapter.sweep_commentary(cfg, one, [_run("full data", 94.2, used=100)])
+    assert "r = 0.5 only" in text and "δ = 0.875 only" in text and "varies by" not in text and "1 seeds" not in text
+    two = {"ratio": {0.3: [_run("a", 94.0)], 0.5: [_run("b", 93.0)]},
+           "delta": {0.75: [_run("c", 94.0)], 0.875: [_run("d", 93.5)]}}
+    text = chapter.sweep_commentary(cfg, two, [_run("full data", 94.2, used=100)])
+    assert "swept: 0.3 and 0.5" in text and "δ = 0.75 and 0.875" in text and "varies by 0.50" in text
+
+
+def test_table4_commentary_compares_the_ingredients_consistently():
+    table1 = {"InfoBatch r=0.5": [_run("ib", 94.0)], chapter.DYNAMIC: [_run("dyn", 92.0)]}
+    for rescale, anneal, here in ((94.0, 93.0, "as in the paper"), (93.0, 94.0, "in the paper rescaling does")):
+        ablation = {"soft pruning only": [_run("soft", 92.5)], "+ rescaling": [_run("r", rescale)],
+                    "+ annealing": [_run("a", anneal)]}
+        text = chapter.table4_commentary(table1, ablation)
+        assert here in text and "contributes more" in text

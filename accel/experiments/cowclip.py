@@ -32,6 +32,7 @@ each) and keeps a cache so that a run two tables share is trained once. The same
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -39,6 +40,7 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,7 +91,7 @@ class Config:
     zeta: float = 1e-5
     epochs: int = 2
     multipliers: tuple[int, ...] = (8, 32, 128)  # larger batches = base_batch · multiplier
-    hf_multipliers: tuple[int, ...] = (8, 128)  # Table 1 on the high-frequency-only copy
+    hf_multipliers: tuple[int, ...] = (8, 32, 128)  # Table 1 on the high-frequency-only copy
     seeds: tuple[int, ...] = (0, 1, 2)  # main table, clip ablation, other models
     table1_seeds: tuple[int, ...] = (0, 1)  # Table 1 (both data sets); the noise regime uses the first
     other_models: tuple[str, ...] = ("wide_deep", "dcn", "dcn_v2")
@@ -100,6 +102,7 @@ class Config:
     eval_batch: int = 65_536
     workers: int = 2  # processes for independent runs (each one thread); 0 runs in this process
     live_epochs: int = 1
+    ledger_margin: float = 0.01  # the ledger's target: the base batch's final AUC minus this
 
 
 CONFIGS = {
@@ -135,6 +138,7 @@ class Arm:
     r: float | None = None
     zeta: float | None = None
     scale_l2: bool = True  # L2 coefficient · k (every rule); False keeps the base coefficient
+    l2_mult: float = 1.0  # on top of the rule (0: no L2 at all, the control for the L2-under-Adam shrinkage)
     embed_lr_mult: float = 1.0  # on top of the rule (e.g. a fixed embedding lr that is still too small)
 
     def __post_init__(self):
@@ -151,7 +155,7 @@ def hyperparameters(cfg: Config, arm: Arm) -> dict:
     power = {"none": 0.0, "sqrt": 0.5, "linear": 1.0, "cowclip": 0.5}[rule]
     lr = cfg.base_lr * k**power
     embed_lr = (cfg.base_embed_lr if rule == "cowclip" else cfg.base_embed_lr * k**power) * arm.embed_lr_mult
-    l2 = cfg.base_l2 * (k if arm.scale_l2 else 1)
+    l2 = cfg.base_l2 * (k if arm.scale_l2 else 1) * arm.l2_mult
     clip = (rule == "cowclip") if arm.clip is None else arm.clip
     return {
         "batch_size": cfg.base_batch * k, "lr": lr, "embed_lr": embed_lr, "l2": l2, "clip": clip,
@@ -209,6 +213,15 @@ def bucket_labels() -> list[str]:
     return [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])] + [f"{edges[-1]}+"]
 
 
+@torch.no_grad()
+def bucket_norms(weight: torch.Tensor, buckets: torch.Tensor) -> list[float]:
+    """Mean row norm ||w_k|| [per frequency bucket] of an embedding table [rows, dim] (buckets: [rows] indices)."""
+    norms = weight.detach().float().norm(dim=1)
+    total = torch.bincount(buckets, weights=norms, minlength=len(FREQUENCY_BUCKETS))
+    count = torch.bincount(buckets, minlength=len(FREQUENCY_BUCKETS)).clamp_min(1)
+    return (total / count).tolist()
+
+
 # --- one run -----------------------------------------------------------------------------------------------------
 
 
@@ -227,6 +240,9 @@ class Run:
     clip_fraction: float | None  # rows clipped / rows touched, over all steps (None without the clip)
     bucket_touched: list[int] = field(default_factory=list)  # touched-row events per frequency bucket
     bucket_clipped: list[int] = field(default_factory=list)
+    curve_points: list[tuple] = field(default_factory=list)  # per evaluation: (samples, steps, seconds, test AUC)
+    norm_init: list[float] = field(default_factory=list)  # mean ||w_k|| per frequency bucket at initialisation
+    norm_end: list[float] = field(default_factory=list)  # ... and at the end of training
 
 
 def absent_rows(hp: dict) -> str:
@@ -273,14 +289,15 @@ def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device:
     steps_per_epoch = n // batch  # the last partial batch is dropped, so every step has the arm's batch size
     total_steps = arm.steps if arm.steps is not None else round((arm.epochs or cfg.epochs) * steps_per_epoch)
     model = make_model(cfg, arm, data, seed, device)
+    buckets = frequency_bucket_of_rows(data).to(device)
+    norm_init = bucket_norms(model.embedding.table.weight, buckets)
     optimizer = CowClip(model, model.embedding, batch_size=batch, warmup_steps=steps_per_epoch, clip=hp["clip"],
                         r=hp["r"], zeta=hp["zeta"], embed_lr=hp["embed_lr"], lr=hp["lr"], l2=hp["l2"],
                         return_rows=hp["clip"], absent_rows=absent_rows(hp))  # fmt: skip
-    buckets = frequency_bucket_of_rows(data).to(device)
     touched = torch.zeros(len(FREQUENCY_BUCKETS), dtype=torch.long, device=device)
     clipped = torch.zeros_like(touched)
     generator = torch.Generator().manual_seed(seed + 1_000_003)  # the data order; the model used `seed`
-    curve, start, step = [], time.perf_counter(), 0
+    curve, points, start, step = [], [], time.perf_counter(), 0
     scores, scored_at = None, -1  # the test logits and the step they were computed at
     while step < total_steps:
         order = torch.randperm(n, generator=generator).to(device)
@@ -304,6 +321,7 @@ def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device:
             break
         scores, scored_at = predict(model, test_ids, test_dense, cfg.eval_batch), step
         curve.append(auc(test_labels, scores) if torch.isfinite(scores).all() else float("nan"))
+        points.append((step * batch, step, time.perf_counter() - start, curve[-1]))
     seconds = time.perf_counter() - start
     if scored_at != step:  # stopped on a non-finite loss before evaluating
         scores = predict(model, test_ids, test_dense, cfg.eval_batch)
@@ -316,7 +334,8 @@ def train(cfg: Config, arm: Arm, seed: int, data: CTRData | None = None, device:
         auc_per_epoch=curve, steps=step, steps_per_epoch=steps_per_epoch, epochs=step / steps_per_epoch,
         seconds=seconds,
         clip_fraction=float(clipped.sum() / touched.sum().clamp_min(1)) if hp["clip"] else None,
-        bucket_touched=touched.tolist(), bucket_clipped=clipped.tolist(),
+        bucket_touched=touched.tolist(), bucket_clipped=clipped.tolist(), curve_points=points,
+        norm_init=norm_init, norm_end=bucket_norms(model.embedding.table.weight, buckets),
     )  # fmt: skip
     if keep_model:
         run.model = model
@@ -330,7 +349,9 @@ def run_key(cfg: Config, arm: Arm, seed: int) -> tuple:
     """What determines a run's outcome: the recipe, the arm's settings (not its name) and the seed."""
     recipe = replace(cfg, seeds=(), table1_seeds=(), other_models=(), step_matched_seeds=(), sweep=(), workers=0,
                      hf_multipliers=(), multipliers=())
-    return (repr(recipe), repr(replace(arm, name="")), seed)
+    hp = hyperparameters(cfg, arm)  # arms that resolve to the same settings share one run
+    same = replace(arm, name="", clip=hp["clip"], model=arm.model or cfg.model, r=hp["r"], zeta=hp["zeta"])
+    return (repr(recipe), repr(same), seed)
 
 
 def _worker_init() -> None:
@@ -428,6 +449,17 @@ def updates_per_epoch(data: CTRData, batch_sizes: Iterable[int], seed: int = 0,
     return np.bincount(rows.reshape(-1), minlength=total), updates
 
 
+def updates_by_occurrence(counts: np.ndarray, updates: dict[int, np.ndarray],
+                          bins: int = 30) -> tuple[list[float], dict[int, list[float]]]:  # fmt: skip
+    """For the updates figure: IDs binned by occurrences on a log grid; (mean occurrences per bin, {batch size: mean
+    updates per bin}), empty bins left out."""
+    edges = np.unique(np.logspace(0, np.log10(counts.max() + 1), bins).astype(int))
+    which = np.digitize(counts, edges)
+    used = [i for i in range(1, len(edges)) if (which == i).any()]
+    centres = [float(counts[which == i].mean()) for i in used]
+    return centres, {b: [float(per_id[which == i].mean()) for i in used] for b, per_id in updates.items()}
+
+
 def table1_arms(cfg: Config, data: str = "signal", multipliers: Iterable[int] | None = None) -> list[Arm]:
     """The base batch, and no / sqrt / linear scaling at every larger batch (default: the profile's)."""
     arms = [Arm("base", rule="none", multiplier=1, data=data)]
@@ -497,3 +529,287 @@ def run_record(run: Run) -> dict:
     record.pop("model", None)
     return record
 
+
+
+# --- the notebook's tables and figures, as plain data (the notebook wraps cells in its own MeanStd) ---------------
+
+BENCH_PATH = Path(__file__).resolve().parents[2] / "data" / "results" / "bench_cowclip.cpu.json"
+
+
+def seeded(cfg: Config, seed: int) -> Config:
+    """The profile with every seed list shifted by ``seed`` (the notebook's SEED; 0 gives the recorded run)."""
+
+    def shift(seeds):
+        return tuple(seed + s for s in seeds)
+
+    return replace(cfg, seeds=shift(cfg.seeds), table1_seeds=shift(cfg.table1_seeds),
+                   step_matched_seeds=shift(cfg.step_matched_seeds))  # fmt: skip
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n): the arguments of the book's MeanStd."""
+    values = [float(v) for v in values]
+    return (*summarize(values), len(values))
+
+
+def mean_auc(runs: list[Run]) -> float:
+    return float(np.mean([r.auc for r in runs]))
+
+
+def gap(runs: list[Run], base: list[Run]) -> tuple[float, float, int]:
+    """Paired AUC difference runs − base over the seeds both have: (mean, std, n)."""
+    by_seed = {r.seed: r.auc for r in base}
+    return mean_std(r.auc - by_seed[r.seed] for r in runs if r.seed in by_seed)
+
+
+def rule_curve(runs: dict[str, list[Run]], rule: str, base: str = "base") -> tuple[list[int], list[float], list[float]]:
+    """(multipliers, mean AUC, std AUC) of one rule's arms named "<rule> ×k", with the base batch as ×1."""
+    prefix = "CowClip ×" if rule == "cowclip" else f"{rule} ×"
+    names = [base] + [n for n in runs if n.startswith(prefix) and n.split("×")[1].isdigit()]
+    ks = [1] + [int(n.split("×")[1]) for n in names[1:]]
+    stats = [mean_std(r.auc for r in runs[n]) for n in names]
+    return ks, [s[0] for s in stats], [s[1] for s in stats]
+
+
+def table1_rows(table1: dict[str, list[Run]], table1_hf: dict[str, list[Run]], cell) -> list[list]:
+    """Rows of the Table 1 analogue: arm, batch, steps/epoch, AUC and paired gap on the full data and on the
+    high-frequency-only copy (None where the copy has no such arm). ``cell(mean, std, n)`` builds a table cell."""
+    rows = []
+    for name, runs in table1.items():
+        full = [cell(*mean_std(r.auc for r in runs)), cell(*gap(runs, table1["base"]))]
+        hf = ([cell(*mean_std(r.auc for r in table1_hf[name])), cell(*gap(table1_hf[name], table1_hf["base"]))]
+              if name in table1_hf else [None, None])  # fmt: skip
+        rows.append([name, f"{runs[0].hparams['batch_size']:,}", runs[0].steps_per_epoch, *full, *hf])
+    return rows
+
+
+def hf_control(full: dict[str, list[Run]], hf: dict[str, list[Run]], names: Iterable[str],
+               base: str = "base", hf_base: str | None = None) -> dict[str, dict]:  # fmt: skip
+    """For each arm name: its paired gap (mean, std, n) to the base on the full data and on the high-frequency-only
+    copy, and their ratio hf / full (how much of the loss is left once the rare IDs are gone)."""
+    out = {}
+    for name in names:
+        f, h = gap(full[name], full[base]), gap(hf[name], hf[hf_base or base])
+        out[name] = {"full": f, "hf": h, "ratio": h[0] / f[0] if f[0] else float("nan")}
+    return out
+
+
+def main_rows(cfg: Config, cowclip_runs: dict[str, list[Run]], plain: dict[str, list[Run]], cell) -> list[tuple]:
+    """paper_vs_ours rows of the main table: per k the batch, steps per epoch, AUC of the CowClip recipe and of
+    sqrt scaling, and the recipe's paired gap to its base batch; the paper's Criteo numbers beside them."""
+    rows = []
+    base = cowclip_runs["CowClip ×1"]
+    for k in (1, *cfg.multipliers):
+        on = cowclip_runs[f"CowClip ×{k}"]
+        sqrt_runs = plain["base"] if k == 1 else plain[f"sqrt ×{k}"]
+        paper = PAPER_CRITEO.get(1024 * k)
+        paper_gap = None if paper is None else (paper[3] - PAPER_CRITEO[1024][3]) / 100
+        rows.append((f"×{k}", {
+            "batch": (f"{k}K", f"{on[0].hparams['batch_size']:,}"),
+            "steps/epoch": (PAPER_CRITEO_STEPS_PER_EPOCH.get(1024 * k), on[0].steps_per_epoch),
+            "AUC CowClip": (None if paper is None else paper[3] / 100, cell(*mean_std(r.auc for r in on))),
+            "CowClip − its ×1": (paper_gap, cell(*gap(on, base)) if k > 1 else None),
+            "AUC sqrt, all lrs": (None, cell(*mean_std(r.auc for r in sqrt_runs))),
+        }))  # fmt: skip
+    return rows
+
+
+def ablation(cfg: Config, cowclip_runs: dict[str, list[Run]], noclip_runs: dict[str, list[Run]]) -> list[tuple]:
+    """Per batch multiplier k: (k, paired AUC difference clip − no clip: mean, std, n, the clip's binding rate)."""
+    out = []
+    for k in (1, *cfg.multipliers):
+        on, off = cowclip_runs[f"CowClip ×{k}"], noclip_runs[f"CowClip rule, no clip ×{k}"]
+        out.append((k, *gap(on, off), float(np.mean([r.clip_fraction for r in on]))))
+    return out
+
+
+def binding_rows(runs: dict[str, list[Run]]) -> list[list]:
+    """Per arm: name, steps, the clip's binding rate (% of touched rows) per frequency bucket and over all rows."""
+    rates = binding_by_bucket(runs)
+    return [[name, arm_runs[0].steps, *[None if v != v else 100 * v for v in rates[name]],
+             100 * float(np.mean([r.clip_fraction for r in arm_runs]))] for name, arm_runs in runs.items()]  # fmt: skip
+
+
+def norm_rows(runs: dict[str, list[Run]]) -> list[list]:
+    """Per arm: name, steps, L2 coefficient, mean ||w_k|| at the end per frequency bucket (mean over seeds)."""
+    return [[name, arm_runs[0].steps, arm_runs[0].hparams["l2"],
+             *np.mean([r.norm_end for r in arm_runs], axis=0).tolist()] for name, arm_runs in runs.items()]  # fmt: skip
+
+
+def regime_rows(runs: dict[str, list[Run]], cell) -> list[list]:
+    """Rows of the epoch- vs step-matched table: arm, batch, steps, epochs, AUC (mean ± std over seeds)."""
+    return [[name, f"{r[0].hparams['batch_size']:,}", r[0].steps, f"{r[0].epochs:.1f}",
+             cell(*mean_std(x.auc for x in r))] for name, r in runs.items()]  # fmt: skip
+
+
+def model_rows(cfg: Config, models: dict[str, list[Run]], k: int, cell) -> list[list]:
+    """Per model: AUC at the base batch and at ×k (the CowClip recipe, epoch-matched), the paired gap, and seconds."""
+    rows = []
+    for name in (cfg.model, *cfg.other_models):
+        small, big = models[f"{name} ×1"], models[f"{name} ×{k}"]
+        rows.append([name, cell(*mean_std(r.auc for r in small)), cell(*mean_std(r.auc for r in big)),
+                     cell(*gap(big, small)), float(np.mean([r.seconds for r in small])),
+                     float(np.mean([r.seconds for r in big]))])  # fmt: skip
+    return rows
+
+
+def throughput_rows(cfg: Config, cowclip_runs: dict[str, list[Run]]) -> list[list]:
+    """Per batch: batch, steps, seconds, samples/s, ms per step, samples/s relative to the base batch (one thread,
+    per-epoch evaluation included)."""
+    rows = []
+    for k in (1, *cfg.multipliers):
+        runs = cowclip_runs[f"CowClip ×{k}"]
+        seconds = float(np.mean([r.seconds for r in runs]))
+        samples = runs[0].steps * runs[0].hparams["batch_size"]
+        rows.append([f"{runs[0].hparams['batch_size']:,}", runs[0].steps, seconds, samples / seconds,
+                     1000 * seconds / runs[0].steps])
+    return [row + [row[3] / rows[0][3]] for row in rows]
+
+
+def paper_speedup() -> dict[str, float]:
+    """The official Criteo README's time ratio 1K → 128K (DeepFM, one V100) against the 128× fewer steps: the per-step
+    cost of a 128K step relative to a 1K step."""
+    t1, t128 = PAPER_CRITEO[1024][4], PAPER_CRITEO[131072][4]
+    steps1, steps128 = PAPER_CRITEO_STEPS_PER_EPOCH[1024], PAPER_CRITEO_STEPS_PER_EPOCH[131072]
+    return {"minutes_1k": t1, "minutes_128k": t128, "speedup": t1 / t128, "steps_ratio": steps1 / steps128,
+            "step_cost_ratio": (t128 / steps128) / (t1 / steps1)}  # fmt: skip
+
+
+def clip_cost(path: str | os.PathLike | None = None) -> list[dict] | None:
+    """The clip's own cost from the recorded benchmark (tests/benchmarks/bench_cowclip.py; data/results/
+    bench_cowclip.cpu.json): per gradient mode, medians over its recorded runs of the step time and optimizer time
+    with and without the clip. None when the file is not there (e.g. a pip-installed package)."""
+    try:
+        with open(path or BENCH_PATH) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    modes = {}
+    for run in record["runs"]:
+        for result in run["results"]:
+            modes.setdefault(result["mode"], []).append((result, run))
+    out = []
+    for mode, entries in modes.items():
+        def med(f, entries=entries):
+            return float(np.median([f(r) for r, _ in entries]))
+
+        run = entries[0][1]
+        out.append({"mode": mode, "batch": run["batch_size"], "rows": run["rows"], "threads": run["threads"],
+                    "ms_step": med(lambda r: r["arms"]["baseline"]["ms_step"]),
+                    "ms_step_clip": med(lambda r: r["arms"]["cowclip"]["ms_step"]),
+                    "ms_opt": med(lambda r: r["arms"]["baseline"]["ms_optimizer"]),
+                    "ms_opt_clip": med(lambda r: r["arms"]["cowclip"]["ms_optimizer"]),
+                    "ratio": med(lambda r: r["pair_ratio_median"]), "runs": len(entries)})  # fmt: skip
+    return out
+
+
+def ledger_curves(runs: list[Run]) -> list[list[tuple]]:
+    """Per seed, the run's evaluations as (samples, steps, seconds, test AUC) for accel.experiments.ledger."""
+    return [list(r.curve_points) for r in runs]
+
+
+def explorer_index(cfg: Config, groups: Iterable[dict[str, list[Run]]], sweep: dict[str, list[Run]]) -> dict:
+    """{(multiplier, rule, r, zeta): (arm name, mean AUC)} of every trained epoch-matched setting, for the explorer."""
+    trained = {}
+    for runs in groups:
+        for name, arm_runs in runs.items():
+            hp = arm_runs[0].hparams
+            if "no clip" in name or arm_runs[0].steps != round(cfg.epochs * arm_runs[0].steps_per_epoch):
+                continue
+            rule = "cowclip" if name.startswith("CowClip") else ("none" if name == "base" else name.split(" ×")[0])
+            trained[(hp["batch_size"] // cfg.base_batch, rule, hp["r"], hp["zeta"])] = (name, mean_auc(arm_runs))
+    for name, arm_runs in sweep.items():
+        hp = arm_runs[0].hparams
+        if hp["clip"]:
+            key = (hp["batch_size"] // cfg.base_batch, "cowclip", hp["r"], hp["zeta"])
+            trained.setdefault(key, (f"{name} ×{key[0]}", mean_auc(arm_runs)))
+    return trained
+
+
+def nearest(trained: dict, multiplier: int, rule: str, r: float, zeta: float) -> tuple[str, float]:
+    """The trained setting closest to the asked one (batch on a log scale, the rule, and r, zeta for CowClip)."""
+    def distance(key):
+        knobs = abs(math.log10(key[2] / r)) + abs(math.log10(max(key[3], 1e-9) / max(zeta, 1e-9)))
+        return abs(math.log2(key[0] / multiplier)) + 3 * (key[1] != rule) + knobs * (rule == "cowclip")
+
+    return trained[min(trained, key=distance)]
+
+
+def record_metrics(results, *, limit=None, table1=None, cowclip_runs=None, regimes=None, models=None) -> None:
+    """The regression tolerances of the numbers a smoke re-run must reproduce (``results``: the book's Results,
+    duck-typed). CPU kernels put identical runs up to ~1.3e-7 apart, hence abs=1e-5 on AUCs."""
+    if limit:
+        results.metric("bayes_auc", limit["auc"], abs=1e-9)
+    for prefix, runs in (("table1_auc", table1), ("cowclip_auc", cowclip_runs), ("regime_auc", regimes)):
+        for name, arm_runs in (runs or {}).items():
+            key = name.replace("CowClip ×", "x") if prefix == "cowclip_auc" else name
+            results.metric(f"{prefix}[{key}]", mean_auc(arm_runs), abs=1e-5)
+    for name, arm_runs in (models or {}).items():
+        if name.endswith(" ×1"):
+            results.metric(f"model_auc[{name[:-3]} x1]", mean_auc(arm_runs), abs=1e-5)
+
+
+# --- display helpers (wording and the explorer's look-ups) ---------------------------------------------------------
+def plural(n: int, word: str) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def zeta_label(zeta: float) -> str:
+    """ζ for display in scientific notation: 1e-05, 1e-03."""
+    return f"{zeta:.0e}"
+
+
+def toy_problem(generator: torch.Generator, seed: int, vocab: int = 1000, fields: int = 4, batch: int = 512):
+    """The drop-in's toy: an nn.Embedding + MLP (seeded init, global RNG untouched) and one batch of random ids with a
+    learnable label (the first field's id below vocab/4)."""
+    from torch import nn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Embedding(vocab, 8), nn.Flatten(), nn.Linear(fields * 8, 16), nn.ReLU(),
+                              nn.Linear(16, 1))
+    ids = torch.randint(0, vocab, (batch, fields), generator=generator)
+    return model, ids, (ids[:, 0] < vocab // 4).float()
+
+
+def explorer_readout(cfg: Config, trained: dict, multiplier: int, rule: str, r: float, zeta: float) -> dict:
+    """The explorer's instant readout: the scaled hyperparameters and the nearest trained setting's measured AUC."""
+    hp = hyperparameters(cfg, Arm("x", rule=rule, multiplier=multiplier, r=r, zeta=zeta))
+    name, value = nearest(trained, multiplier, rule, r, zeta)
+    return {"batch": hp["batch_size"], "dense lr": f"{hp['lr']:.2e}", "embedding lr": f"{hp['embed_lr']:.2e}",
+            "L2": f"{hp['l2']:.1e}", "nearest trained setting": name, "its AUC": value}
+
+
+def strongest_rule(table1: dict[str, list[Run]], k: int, rules=("none", "sqrt", "linear")) -> tuple[str, float]:
+    """The plain rule with the highest mean test AUC at ×k in Table 1: (rule, AUC)."""
+    aucs = {rule: mean_auc(table1[f"{rule} ×{k}"]) for rule in rules if f"{rule} ×{k}" in table1}
+    best = max(aucs, key=aucs.get)
+    return best, aucs[best]
+
+
+def sweep_summary(sweep: dict[str, list[Run]], cfg: Config) -> str:
+    """One paragraph on the r, zeta sweep, worded from the values swept and the measured binding rates and AUCs."""
+    rows = {name: runs[0] for name, runs in sweep.items()}
+    off = next((run for run in rows.values() if run.clip_fraction is None), None)
+    clipped = {name: run for name, run in rows.items() if run.clip_fraction is not None}
+    default = next((run for run in clipped.values() if (run.hparams["r"], run.hparams["zeta"]) == (cfg.r, cfg.zeta)),
+                   None)
+    parts = []
+    zetas = sorted({run.hparams["zeta"] for run in clipped.values() if run.hparams["r"] == cfg.r})
+    if len(zetas) > 1 and default is not None:
+        lifted = [run for run in clipped.values() if run.hparams["r"] == cfg.r and run.hparams["zeta"] > cfg.zeta]
+        parts.append(f"At r = {cfg.r:g}, raising ζ from {zeta_label(cfg.zeta)} to "
+                     + ", ".join(zeta_label(run.hparams["zeta"]) for run in lifted) + " moves the binding rate from "
+                     f"{100 * default.clip_fraction:.4f}% to "
+                     + ", ".join(f"{100 * run.clip_fraction:.4f}%" for run in lifted) + ".")
+    else:
+        parts.append(f"This sweep keeps ζ at {zeta_label(cfg.zeta)} and varies only r.")
+    most = max(clipped.values(), key=lambda run: run.clip_fraction, default=None)
+    if most is not None and off is not None:
+        diff = most.auc - off.auc
+        verdict = ("costs AUC" if diff < -1e-4 else "buys AUC" if diff > 1e-4 else "leaves AUC about where it was")
+        parts.append(f"The setting that binds most (r = {most.hparams['r']:g}, ζ = {zeta_label(most.hparams['zeta'])}, "
+                     f"{100 * most.clip_fraction:.1f}% of touched rows) ends at {most.auc:.4f} against {off.auc:.4f} "
+                     f"without the clip ({diff:+.4f}): here binding more {verdict}.")
+    return " ".join(parts)

@@ -12,6 +12,9 @@ Two regimes:
   bfloat16 (``router_dtype=torch.bfloat16``). The paper saw instability only at XL size; a tiny model needs a push,
   and the chapter says so.
 
+The dense baseline at equal active FLOPs (:func:`dense_arm`) keeps the MoE model's every layer and replaces only each
+MoE layer by one dense FFN ``top_k`` experts wide (:class:`WideFFN`), so the two differ only where the experts are.
+
 A run *diverges* when its training loss becomes non-finite or exceeds ``Config.diverge_loss`` (twice the loss of a
 uniform guess over 256 bytes); it stops there and is counted, not hidden.
 """
@@ -31,7 +34,7 @@ from torch import nn
 
 from accel.datasets.text import TextCorpus, ValidationWindows, load_corpus, random_windows
 from accel.experiments import pick_config
-from accel.models.lm import TransformerLM
+from accel.models.lm import FeedForward, TransformerLM
 from accel.moe import expert_capacity
 
 # --- paper numbers (ST-MoE, arXiv 2202.08906) -----------------------------------------------------------------------
@@ -107,17 +110,18 @@ class Config:
     drop_factors: tuple[float, ...] = (0.75, 1.0, 1.25, 2.0)
     expert_counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     expert_seeds: tuple[int, ...] = (0,)
+    val_every: int = 25  # validation-loss curve of the ledger's runs (the MoE recipe and the dense baseline)
 
 
 CONFIGS = {
     "smoke": Config(d_model=32, n_layers=2, d_ff=64, seq_len=32, batch_size=8, steps=20, warmup=5, log_every=5,
                     eval_windows=32, seeds=(0,), stressor_seeds=(0,), capacity_arms=((1, 1.0, 2.0), (2, 1.25, 2.0)),
                     drop_factors=(1.0, 2.0), expert_counts=(1, 4), corpus_bytes=2**20,
-                    stressors=("fp16", "no_norm")),
+                    stressors=("fp16", "no_norm"), val_every=5),
     "cpu": Config(),
     "paper": Config(corpus="enwik8", corpus_bytes=None, d_model=512, n_layers=8, n_heads=8, d_ff=1024, seq_len=256,
                     num_experts=32, batch_size=32, steps=20_000, lr=1e-3, warmup=1000, log_every=100,
-                    eval_windows=2048, stress_lr=1e-2, expert_counts=(1, 4, 8, 16, 32, 64),
+                    eval_windows=2048, stress_lr=1e-2, expert_counts=(1, 4, 8, 16, 32, 64), val_every=1000,
                     stressors=tuple(STRESSORS)),
 }
 
@@ -134,7 +138,9 @@ class Arm:
     per-tensor update clipping at ``update_clip``, Adafactor's rule) | "adafactor" (torch's, with clipping
     threshold ``update_clip``; None = no clipping). provoked: the stability study's regime (see the module docstring).
     router_lr_mult: the router's learning rate relative to the rest. precision: "fp32" | "bf16" | "fp16" (autocast;
-    fp16 with dynamic loss scaling). steps_mult: run length relative to ``Config.steps``.
+    fp16 with dynamic loss scaling). steps_mult: run length relative to ``Config.steps``. dense_at_moe: replace each
+    MoE layer by a dense FFN top_k experts wide (:class:`WideFFN`), the equal-active-FLOPs baseline. val_every: also
+    evaluate the validation loss every so many steps (``Run.val_curve``; 0: only at the end).
     """
 
     name: str
@@ -145,6 +151,30 @@ class Arm:
     router_lr_mult: float = 1.0
     precision: str = "fp32"
     steps_mult: float = 1.0
+    dense_at_moe: bool = False
+    val_every: int = 0
+
+
+def recipe_arm(cfg: Config, name: str = "MoE (the recipe)") -> Arm:
+    """The chapter's MoE recipe (top-2, CF 1.25/2.0, z-loss 1e-3, balance loss 1e-2, float32 router), with a
+    validation curve: the ledger's headline arm and the reference run of several sections (shared through the cache)."""
+    return Arm(name, val_every=cfg.val_every)
+
+
+def dense_arm(cfg: Config, name: str = "dense, same active FLOPs") -> Arm:
+    """The equal-active-FLOPs dense baseline: the recipe's model with every MoE layer replaced by one FFN of width
+    top_k · d_ff (the non-MoE layers untouched)."""
+    return Arm(name, dense_at_moe=True, val_every=cfg.val_every)
+
+
+def router_precision_arms(cfg: Config) -> list[Arm]:
+    """§4's recommendation, tested by training: the router in float32 (the recipe) against the router in bfloat16,
+    on the healthy recipe and in the provoked regime (no z-loss in either, so only the router's precision differs)."""
+    bf16, fp32 = {"router_dtype": torch.bfloat16}, {"router_dtype": torch.float32}
+    return [recipe_arm(cfg, "healthy | float32 router"),
+            Arm("healthy | bfloat16 router", {"moe_kwargs": bf16}, val_every=cfg.val_every),
+            Arm("provoked | float32 router", {"z_loss_coef": 0.0, "moe_kwargs": fp32}, provoked=True),
+            Arm("provoked | bfloat16 router", {"z_loss_coef": 0.0}, provoked=True)]
 
 
 def stability_arms() -> list[Arm]:
@@ -189,11 +219,38 @@ def _lm_kwargs(cfg: Config, arm: Arm) -> dict:
     return lm
 
 
+class WideFFN(FeedForward):
+    """A dense FFN standing where an MoE layer stood: width top_k · d_ff, the FLOPs per token of the top_k experts
+    it replaces (its type follows the experts': GEGLU experts give a GEGLU FFN). Built by :func:`wide_ffn_factory`.
+
+    It declares one expert (``num_local_experts``), so ``TransformerLM.num_parameters(active_only=True)`` counts all of
+    it as active, has no auxiliary loss, and reports empty router statistics."""
+
+    num_local_experts = 1
+    aux_loss = None
+
+    def float_stats(self) -> dict:
+        return {}
+
+
+def wide_ffn_factory(d_model: int, d_ff: int, num_experts: int, *, top_k: int, expert_type: str, **_) -> WideFFN:
+    """A ``moe_factory`` for :class:`TransformerLM`: each MoE position gets a :class:`WideFFN` of width top_k · d_ff."""
+    return WideFFN(d_model, top_k * d_ff, {"ffn": "gelu", "geglu": "geglu"}[expert_type])
+
+
 def make_model(cfg: Config, arm: Arm, seed: int, device: torch.device) -> TransformerLM:
     lm = _lm_kwargs(cfg, arm)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
         torch.manual_seed(seed)
-        model = TransformerLM(**lm)
+        if not arm.dense_at_moe:
+            model = TransformerLM(**lm)
+        else:
+            model = TransformerLM(moe_factory=wide_ffn_factory, **lm)
+            c = model.config  # TransformerLM leaves MoE positions' init to the layer: give them the dense layers' init
+            residual_std = c.init_std / math.sqrt(2 * c.n_layers) if c.scaled_residual_init else c.init_std
+            for ffn in model.moe_layers():
+                nn.init.normal_(ffn.w_in.weight, std=c.init_std)
+                nn.init.normal_(ffn.w_out.weight, std=residual_std)
     return model.to(device)
 
 
@@ -250,11 +307,14 @@ def make_optimizer(model: nn.Module, arm: Arm, lr: float) -> torch.optim.Optimiz
 class Run:
     arm: str
     seed: int
-    curve: list[dict]  # every log_every steps: step, loss, mean_logsumexp, max_abs_logit, entropy, dropped
+    curve: list[dict]  # every log_every steps: step, loss, mean_logsumexp, max_abs_logit, top_logit, min_logit,
+    #                    entropy, dropped (router values: means over MoE layers, max |logit| and min logit extremes)
     val_loss: float  # nats per byte at the eval capacity factor; inf when diverged
     diverged_at: int | None
     seconds: float
     model: nn.Module | None = None
+    # with Arm.val_every: (tokens, steps, training seconds, validation loss) every val_every steps and at the end
+    val_curve: list[tuple[int, int, float, float]] = field(default_factory=list)
 
     @property
     def diverged(self) -> bool:
@@ -267,15 +327,26 @@ class Run:
         return max((c[key] for c in self.curve), default=float("nan"))
 
 
-def _moe_summary(model: TransformerLM) -> dict:
-    """Router statistics of the last forward, averaged over MoE layers (max |logit|: the max over layers)."""
-    stats = [layer.float_stats() for layer in model.moe_layers()]
+def _moe_summary(model: TransformerLM, inputs: dict | None = None) -> dict:
+    """Router statistics of the last forward, averaged over MoE layers (max |logit|: the max over layers).
+
+    With ``inputs`` (MoE layer -> its last input, kept by a forward pre-hook) also the logits' two ends: top_logit,
+    the mean over tokens of each token's largest logit (what the z-loss pins: logsumexp ≈ 0 puts it in [-ln E, 0]),
+    and min_logit, the smallest logit of any token (free to go very negative)."""
+    stats = [s for s in (layer.float_stats() for layer in model.moe_layers()) if s]
     if not stats:
-        return {"mean_logsumexp": 0.0, "max_abs_logit": 0.0, "entropy": 0.0, "dropped": 0.0}
-    return {"mean_logsumexp": float(np.mean([s["mean_logsumexp"] for s in stats])),
-            "max_abs_logit": float(max(s["max_abs_logit"] for s in stats)),
-            "entropy": float(np.mean([s["router_entropy"] for s in stats])),
-            "dropped": float(np.mean([s["dropped_fraction"] for s in stats]))}
+        return {"mean_logsumexp": 0.0, "max_abs_logit": 0.0, "top_logit": 0.0, "min_logit": 0.0, "entropy": 0.0,
+                "dropped": 0.0}
+    out = {"mean_logsumexp": float(np.mean([s["mean_logsumexp"] for s in stats])),
+           "max_abs_logit": float(max(s["max_abs_logit"] for s in stats)),
+           "entropy": float(np.mean([s["router_entropy"] for s in stats])),
+           "dropped": float(np.mean([s["dropped_fraction"] for s in stats]))}
+    if inputs:
+        with torch.no_grad():
+            logits = [layer.router_logits(x.reshape(-1, x.shape[-1])).float() for layer, x in inputs.items()]
+        out["top_logit"] = float(np.mean([h.amax(dim=-1).mean().item() for h in logits]))
+        out["min_logit"] = float(min(h.amin().item() for h in logits))
+    return out
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -297,7 +368,10 @@ def train(cfg: Config, arm: Arm, seed: int, data: TextCorpus, device: torch.devi
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[arm.precision]
     batches = torch.Generator().manual_seed(seed)  # the same windows for every arm of a seed
     steps = max(1, round(cfg.steps * arm.steps_mult))
-    curve, diverged_at, start = [], None, time.perf_counter()
+    curve, val_curve, diverged_at, start, eval_seconds = [], [], None, time.perf_counter(), 0.0
+    inputs: dict = {}  # each MoE layer's last input, for the router-logit statistics
+    hooks = [layer.register_forward_pre_hook(lambda module, args: inputs.__setitem__(module, args[0].detach()))
+             for layer in model.moe_layers() if hasattr(layer, "router_logits")]
     model.train()
     for step in range(steps):
         for group, mult in zip(optimizer.param_groups, (1.0, arm.router_lr_mult)):
@@ -310,17 +384,27 @@ def train(cfg: Config, arm: Arm, seed: int, data: TextCorpus, device: torch.devi
         value = ce.item()
         if not math.isfinite(value) or value > cfg.diverge_loss:
             diverged_at = step
-            curve.append({"step": step, "loss": value, **_moe_summary(model)})
+            curve.append({"step": step, "loss": value, **_moe_summary(model, inputs)})
             break
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         if step % cfg.log_every == 0 or step == steps - 1:
-            curve.append({"step": step, "loss": value, **_moe_summary(model)})
-    seconds = time.perf_counter() - start
-    val = math.inf if diverged_at is not None else evaluate(cfg, model, data, device)
-    return Run(arm.name, seed, curve, val, diverged_at, seconds, model if keep_model else None)
+            curve.append({"step": step, "loss": value, **_moe_summary(model, inputs)})
+        if arm.val_every and ((step + 1) % arm.val_every == 0 or step == steps - 1):
+            tick = time.perf_counter()
+            val_curve.append(((step + 1) * cfg.batch_size * cfg.seq_len, step + 1, tick - start - eval_seconds,
+                              evaluate(cfg, model, data, device)))
+            eval_seconds += time.perf_counter() - tick
+    for hook in hooks:
+        hook.remove()
+    seconds = time.perf_counter() - start - eval_seconds
+    if diverged_at is not None:
+        val = math.inf
+    else:
+        val = val_curve[-1][3] if val_curve else evaluate(cfg, model, data, device)
+    return Run(arm.name, seed, curve, val, diverged_at, seconds, model if keep_model else None, val_curve)
 
 
 def validation_windows(cfg: Config, data: TextCorpus, device: torch.device) -> ValidationWindows:
@@ -343,7 +427,8 @@ def evaluate(cfg: Config, model: TransformerLM, data: TextCorpus, device: torch.
 @contextmanager
 def _eval_capacity(model: TransformerLM, factor: float | None):
     """Eval mode, with every MoE layer's eval capacity factor temporarily replaced (-1: unchanged)."""
-    was_training, layers = model.training, model.moe_layers()
+    was_training = model.training
+    layers = [layer for layer in model.moe_layers() if hasattr(layer, "eval_capacity_factor")]  # not WideFFN
     saved = [layer.eval_capacity_factor for layer in layers]
     model.eval()
     if factor != -1.0:
@@ -361,7 +446,8 @@ def _eval_capacity(model: TransformerLM, factor: float | None):
 def routing_at(cfg: Config, model: TransformerLM, data: TextCorpus, device: torch.device,
                factor: float | None) -> dict:
     """Mean over validation forwards and MoE layers of the dropped share of assignments, the share of tokens that
-    lost every assignment, and the router entropy, with the eval capacity factor set to ``factor``."""
+    lost every assignment, the router entropy, the largest expert's share and each expert's share of the assignments
+    (``expert_load``, before capacity; uniform = 1 / E), with the eval capacity factor set to ``factor``."""
     rows = []
     with _eval_capacity(model, factor):
         for x, _ in validation_windows(cfg, data, device):
@@ -370,7 +456,8 @@ def routing_at(cfg: Config, model: TransformerLM, data: TextCorpus, device: torc
     return {"dropped": float(np.mean([r["dropped_fraction"] for r in rows])),
             "tokens_dropped": float(np.mean([r["tokens_dropped_fraction"] for r in rows])),
             "entropy": float(np.mean([r["router_entropy"] for r in rows])),
-            "max_load": float(np.mean([max(r["expert_load"]) for r in rows]))}
+            "max_load": float(np.mean([max(r["expert_load"]) for r in rows])),
+            "expert_load": np.mean([r["expert_load"] for r in rows], axis=0).tolist()}
 
 
 def run_key(cfg: Config, arm: Arm, seed: int) -> str:
@@ -460,6 +547,7 @@ def capacity_table(cfg: Config, data: TextCorpus, device: torch.device, show_pro
             losses = [evaluate(cfg, r.model, data, device, factor) for r in runs[arm.name]]
             drops = [routing_at(cfg, r.model, data, device, factor)["dropped"] for r in runs[arm.name]]
             rows.append({"top-k": k, "train CF": train_cf, "eval CF": factor, "val loss": float(np.mean(losses)),
+                         "seeds": len(losses),
                          "val loss std": float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
                          "dropped": float(np.mean(drops)),
                          "paper": PAPER_TABLE8.get(k, {}).get((train_cf, factor))})
@@ -470,7 +558,7 @@ def balance_study(cfg: Config, data: TextCorpus, device: torch.device, show_prog
                   cache: dict | None = None) -> dict:
     """Table 5 analogue: the recipe with and without the balance loss (seeds as in cfg.seeds); the dropped share at
     each of cfg.drop_factors (eval), router entropy, and the uniform-routing floor for the same group size."""
-    arms = [Arm("with balance loss (1e-2)"), Arm("without balance loss", {"balance_loss_coef": 0.0})]
+    arms = [recipe_arm(cfg, "with balance loss (1e-2)"), Arm("without balance loss", {"balance_loss_coef": 0.0})]
     runs = run_arms(cfg, data, device, arms, cfg.seeds, desc="balance loss", cache=cache, show_progress=show_progress)
     tokens = cfg.batch_size * cfg.seq_len
     rows = []
@@ -482,6 +570,8 @@ def balance_study(cfg: Config, data: TextCorpus, device: torch.device, show_prog
             row[arm.name + " std"] = float(np.std([m["dropped"] for m in measured], ddof=1)) if len(measured) > 1 \
                 else 0.0
             row[arm.name + " entropy"] = float(np.mean([m["entropy"] for m in measured]))
+            row[arm.name + " loads"] = np.mean([sorted(m["expert_load"], reverse=True) for m in measured],
+                                               axis=0).tolist()
         rows.append(row)
     return {"rows": rows, "runs": runs, "arms": [a.name for a in arms], "tokens": tokens}
 
@@ -489,11 +579,14 @@ def balance_study(cfg: Config, data: TextCorpus, device: torch.device, show_prog
 def expert_count_table(cfg: Config, data: TextCorpus, device: torch.device, show_progress: bool = True,
                        cache: dict | None = None) -> list[dict]:
     """Quality against the number of experts at fixed active compute (top-k and d_ff per expert fixed). "1 expert"
-    is the dense model with d_ff = top_k · d_ff: the same FLOPs per token as every sparse arm."""
+    is :func:`dense_arm`: each MoE layer replaced by one FFN top_k · d_ff wide, the same FLOPs per token as every
+    sparse arm. The recipe's expert count is :func:`recipe_arm` itself (shared with the other sections)."""
     arms = []
     for e in cfg.expert_counts:
         if e == 1:
-            arms.append(Arm("dense (same active FLOPs)", {"moe_every": 0, "d_ff": cfg.top_k * cfg.d_ff}))
+            arms.append(dense_arm(cfg))
+        elif e == cfg.num_experts:
+            arms.append(recipe_arm(cfg, f"{e} experts (the recipe)"))
         elif e >= cfg.top_k:
             arms.append(Arm(f"{e} experts", {"num_experts": e}))
     runs = run_arms(cfg, data, device, arms, cfg.expert_seeds, desc="expert count", cache=cache,
@@ -562,3 +655,348 @@ def live_run(cfg: Config, data: TextCorpus, device: torch.device, num_experts: i
     return {"val loss (nats/byte)": run.val_loss, "dropped at this CF": routing["dropped"],
             "router entropy (nats)": routing["entropy"], "max expert load": routing["max_load"],
             "seconds": run.seconds}
+
+
+# --- analysis helpers the chapter calls (kept here so that tests can call them) ------------------------------------
+
+def mean_std_text(mean: float, std: float, n: int, digits: int = 3) -> str:
+    """``mean ± std`` over n seeds, or ``mean (n = 1)`` (the book's MeanStd format, for tables built here)."""
+    if n == 1 or not math.isfinite(std):
+        return f"{mean:.{digits}f} (n = 1)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+T_CRITICAL_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def paired_difference(runs_a: list[Run], runs_b: list[Run], value: Callable[[Run], float] = lambda r: r.val_loss,
+                      *, lower_is_better: bool = True) -> dict:
+    """Seed-by-seed difference ``value(a) - value(b)`` of two arms trained on the same batches per seed: the per-seed
+    differences, their mean and sample std, the 95% t-interval half-width, and a verdict for arm a: "better",
+    "worse" or "not resolved" (the interval contains 0, or a single seed)."""
+    by_seed = {r.seed: value(r) for r in runs_b}
+    diffs = [value(r) - by_seed[r.seed] for r in runs_a if r.seed in by_seed]
+    diffs = [d for d in diffs if math.isfinite(d)]
+    n = len(diffs)
+    mean = float(np.mean(diffs)) if diffs else float("nan")
+    std = float(np.std(diffs, ddof=1)) if n > 1 else float("nan")
+    half = T_CRITICAL_95.get(n - 1, 1.96) * std / math.sqrt(n) if n > 1 else float("nan")
+    if n < 2 or abs(mean) <= half:
+        verdict = "not resolved"
+    else:
+        verdict = "better" if (mean < 0) == lower_is_better else "worse"
+    return {"diffs": diffs, "mean": mean, "std": std, "n": n, "half_width": half, "verdict": verdict}
+
+
+def stability_summary(stability: dict[str, list[Run]]) -> dict[str, dict]:
+    """Per arm of the stability study: stable count, val loss, final logsumexp (mean, std), final entropy, the peak
+    max |logit|, and the final top and min logits (means over seeds) and their extremes over training."""
+    summary = {}
+    for name, runs in stability.items():
+        summary[name] = {
+            "stable": sum(not r.diverged for r in runs), "n": len(runs),
+            "val": summarize([r.val_loss for r in runs]),
+            "lse": summarize([r.final("mean_logsumexp") for r in runs]),
+            "entropy": summarize([r.final("entropy") for r in runs])[0],
+            "max_logit": max(r.peak("max_abs_logit") for r in runs),
+            "top_logit": summarize([r.final("top_logit") for r in runs])[0],
+            "min_logit": summarize([r.final("min_logit") for r in runs])[0],
+            "lowest_logit": min(min(c["min_logit"] for c in r.curve) for r in runs),
+        }
+    return summary
+
+
+STABILITY_PAPER_NAMES = {"baseline (no z-loss)": "baseline", "z-loss 1e-3": "router z-loss",
+                         "update clipping 0.1": "update clipping 0.1"}
+
+
+def table4_rows(stability: dict[str, list[Run]], baseline: str = "baseline (no z-loss)") -> list[tuple[str, dict]]:
+    """Rows for ``paper_vs_ours``: stable runs, quality, and this run's paired difference to the baseline (per-seed
+    differences of validation loss, mean ± std, verdict), the final mean logsumexp and the final top logit."""
+    summary = stability_summary(stability)
+    rows = []
+    for name, runs in stability.items():
+        s = summary[name]
+        paper = PAPER_TABLE4.get(STABILITY_PAPER_NAMES.get(name, ""))
+        if name == baseline:
+            paired = "—"
+        else:
+            d = paired_difference(runs, stability[baseline])
+            paired = (f"{', '.join(f'{x:+.3f}' for x in d['diffs'])} → {d['mean']:+.3f} ± {d['std']:.3f}: "
+                      f"{d['verdict']}" if d["n"] > 1 else f"{d['mean']:+.3f} (n = 1)")
+        rows.append((name, {"stable runs": (paper[0] if paper else None, f"{s['stable']}/{s['n']}"),
+                            "quality": (paper[1] if paper else None, mean_std_text(*s["val"], s["n"])),
+                            "Δ val loss vs baseline, per seed → mean ± std": (None, paired),
+                            "final mean logsumexp": (None, mean_std_text(*s["lse"], s["n"], 2)),
+                            "final top logit": (None, s["top_logit"])}))
+    return rows
+
+
+def curve_band(runs: list[Run], key: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(steps, mean, std) of ``curve[key]`` over seeds, on the steps every seed logged (a diverged run stops early)."""
+    length = min(len(r.curve) for r in runs)
+    steps = [c["step"] for c in runs[0].curve[:length]]
+    values = np.array([[c[key] for c in r.curve[:length]] for r in runs], dtype=float)
+    return steps, values.mean(axis=0), values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(length)
+
+
+def stressor_rows(stressors: dict[str, list[Run]]) -> list[list]:
+    """Rows of the stressor table: stressor, z-loss, diverged k/n, survivors' val loss (mean, std, n), final mean
+    logsumexp, final top logit, lowest logit during training."""
+    rows = []
+    for name, runs in stressors.items():
+        stressor, z = name.split(" | ")
+        diverged = sum(r.diverged for r in runs)
+        val = summarize([r.val_loss for r in runs])
+        rows.append([stressor, z, f"{diverged}/{len(runs)}",
+                     None if math.isnan(val[0]) else mean_std_text(*val, len(runs) - diverged),
+                     summarize([r.final("mean_logsumexp") for r in runs])[0],
+                     summarize([r.final("top_logit") for r in runs])[0],
+                     min(min(c["min_logit"] for c in r.curve) for r in runs)])
+    return rows
+
+
+def capacity_rows(cap_rows: list[dict]) -> list[tuple[str, dict]]:
+    """Rows for ``paper_vs_ours`` from :func:`capacity_table`'s rows."""
+    return [(f"top-{r['top-k']}, CF {r['train CF']:g} / {r['eval CF']:g}",
+             {"quality": (r["paper"], mean_std_text(r["val loss"], r["val loss std"], r["seeds"])),
+              "dropped %": (None, 100 * r["dropped"])})
+            for r in cap_rows]
+
+
+def ledger_target(dense_runs: list[Run]) -> float:
+    """The ledger's target validation loss: the dense baseline's worst seed at the end, rounded up to 0.01 (so every
+    dense seed reaches it)."""
+    return math.ceil(100 * max(r.val_loss for r in dense_runs)) / 100
+
+
+def cost_summary(runs: dict[str, list[Run]]) -> dict[str, dict]:
+    """Per arm: training milliseconds per step (mean, std over seeds), parameters, active parameters, and the
+    training memory of the parameters with Adam (float32 weights, gradients and two moments: 16 bytes each)."""
+    out = {}
+    for name, rs in runs.items():
+        model = rs[0].model
+        steps = [r.val_curve[-1][1] if r.val_curve else len(r.curve) for r in rs]
+        ms = summarize([1000 * r.seconds / s for r, s in zip(rs, steps)])
+        params = model.num_parameters()
+        out[name] = {"ms_per_step": ms, "parameters": params, "active": model.num_parameters(active_only=True),
+                     "train_state_mb": 16 * params / 2**20}
+    return out
+
+
+def bench_rows(path=None, tokens: Iterable[int] = (1024, 4096, 16384), experts: int = 8) -> dict:
+    """The recorded layer benchmark (``data/results/bench_moe.cpu.json``, from ``tests/benchmarks/bench_moe.py``):
+    for each group size and top-k at ``experts`` experts, the median ms of one forward+backward of the dense FFN with
+    the same active FLOPs and of accel's MoE at CF 1.25, and their ratio. Returns {"meta": ..., "rows": [...]}."""
+    import json
+    from pathlib import Path
+
+    path = Path(path) if path else Path(__file__).resolve().parents[2] / "data" / "results" / "bench_moe.cpu.json"
+    record = json.loads(path.read_text())
+    rows = [{"tokens": r["tokens"], "top_k": r["top_k"], "dense ms": r["ms"]["dense"], "moe ms": r["ms"]["accel_cf"],
+             "ratio": r["x_dense"]["accel_cf"]}
+            for r in record["rows"] if r["tokens"] in tuple(tokens) and r["experts"] == experts]
+    meta = {k: record.get(k) for k in ("device", "cpu_count", "threads", "torch", "d_model", "d_ff", "capacity_factor")}
+    return {"meta": meta, "rows": rows}
+
+
+def record_metrics(results, *, floor=None, bf16_example=None, stability=None, stressors=None, cap_rows=None,
+                   balance=None, expert_rows=None, precision=None) -> None:
+    """The regression metrics of each study, with the tolerances the measured CPUs justify (``results`` is
+    accel.book's Results, duck-typed). The provoked regime is chaotic: other CPUs moved its losses by up to 0.031 and
+    its logsumexp by 0.2; the healthy recipe's losses moved by at most 2.4e-7 and its drops not at all."""
+    for (t, cf), exact in (floor or {}).items():  # {(tokens, CF): exact floor %}
+        results.metric(f"uniform_floor[T={t},CF={cf:g}]", exact, abs=1e-6)
+    if bf16_example:
+        results.metric("bf16_top_prob_fp32", bf16_example["top probability, float32"], abs=1e-4)
+        results.metric("bf16_top_prob_bf16", bf16_example["top probability, bfloat16 logits"], abs=1e-4)
+    for name, s in stability_summary(stability or {}).items():
+        results.metric(f"stability_val[{name}]", s["val"][0], abs=0.07)
+        results.metric(f"stability_lse[{name}]", s["lse"][0], abs=0.5)
+    for name, runs in (stressors or {}).items():
+        results.metric(f"stressor_diverged[{name}]", sum(r.diverged for r in runs), abs=0)
+    for r in cap_rows or []:
+        label = f"top-{r['top-k']}, CF {r['train CF']:g} / {r['eval CF']:g}"
+        results.metric(f"t8_val[{label}]", r["val loss"], abs=1e-3)
+        results.metric(f"t8_dropped[{label}]", r["dropped"], abs=0.01)
+    arms = balance["arms"] if balance else []
+    for r in balance["rows"] if balance else []:
+        results.metric(f"t5_dropped_with[CF={r['CF']:g}]", r[arms[0]], abs=0.01)
+        results.metric(f"t5_dropped_without[CF={r['CF']:g}]", r[arms[1]], abs=0.01)
+    for r in expert_rows or []:
+        results.metric(f"experts_val[{r['arm']}]", r["val loss"], abs=1e-3)
+    for name, runs in (precision or {}).items():
+        results.metric(f"router_precision_val[{name}]", summarize([r.val_loss for r in runs])[0],
+                       abs=0.07 if name.startswith("provoked") else 1e-3)
+
+
+def with_seed(cfg: Config, seed: int) -> Config:
+    """The profile's config with every seed list shifted by ``seed`` (the notebook's SEED parameter)."""
+    return replace(cfg, seeds=tuple(seed + s for s in cfg.seeds),
+                   stressor_seeds=tuple(seed + s for s in cfg.stressor_seeds),
+                   capacity_seeds=tuple(seed + s for s in cfg.capacity_seeds),
+                   expert_seeds=tuple(seed + s for s in cfg.expert_seeds))
+
+
+def explorer_answer(cfg: Config, cap_rows: list[dict], expert_rows: list[dict]) -> Callable[..., dict]:
+    """The explorer's instant readout: the exact uniform-routing floor at the chosen (experts, top-k, CF) and this
+    run's trained model nearest to it (capacity runs at E = cfg.num_experts, expert-count runs at the recipe's CF),
+    with its validation loss and its measured dropped share at the chosen CF's nearest evaluated factor."""
+    tokens = cfg.batch_size * cfg.seq_len
+    trained = {}
+    for r in expert_rows:
+        if r["experts"] > 1:
+            trained[(r["experts"], cfg.top_k, cfg.capacity_factor)] = (r["arm"], r["val loss"], None)
+    for r in cap_rows:
+        if r["eval CF"] == r["train CF"]:
+            trained[(cfg.num_experts, r["top-k"], r["train CF"])] = (
+                f"{cfg.num_experts} experts, top-{r['top-k']}, train CF {r['train CF']:g}", r["val loss"], r["dropped"])
+
+    def distance(key, knobs):
+        return abs(math.log2(key[0] / knobs[0])) + abs(key[1] - knobs[1]) + abs(key[2] - knobs[2])
+
+    def answer(num_experts: int, top_k: int, capacity_factor: float, z_loss_coef: float) -> dict:
+        k = min(top_k, num_experts)
+        name, val, dropped = trained[min(trained, key=lambda key: distance(key, (num_experts, k, capacity_factor)))]
+        floor = uniform_drop_floor(tokens, num_experts, capacity_factor, k)
+        return {"uniform-routing drop floor": f"{100 * floor:.2f}%",
+                "nearest trained model": name, "its val loss (nats/byte)": round(val, 3),
+                "its measured dropped share": "—" if dropped is None else f"{100 * dropped:.1f}%",
+                "z-loss coefficient": "trained at 1e-3 (run live for others)" if z_loss_coef != 1e-3 else "1e-3"}
+
+    return answer
+
+
+def precision_rows(precision: dict[str, list[Run]]) -> list[list]:
+    """Rows of the router-precision table (from :func:`router_precision_arms`' runs): per regime, the val loss with a
+    float32 and a bfloat16 router, the paired bf16 − fp32 difference per seed with its mean ± std and verdict, and
+    the final mean top logit of each."""
+    rows = []
+    for regime in ("healthy", "provoked"):
+        fp32, bf16 = precision[f"{regime} | float32 router"], precision[f"{regime} | bfloat16 router"]
+        d = paired_difference(bf16, fp32)
+        diffs = ", ".join(f"{x:+.3f}" for x in d["diffs"])
+        rows.append([regime, mean_std_text(*summarize([r.val_loss for r in fp32]), len(fp32)),
+                     mean_std_text(*summarize([r.val_loss for r in bf16]), len(bf16)),
+                     f"{diffs} → {d['mean']:+.3f} ± {d['std']:.3f}" if d["n"] > 1 else f"{d['mean']:+.3f} (n = 1)",
+                     "bf16 router " + d["verdict"],
+                     summarize([r.final("top_logit") for r in fp32])[0],
+                     summarize([r.final("top_logit") for r in bf16])[0]])
+    return rows
+
+
+def table5_rows(balance: dict) -> list[list]:
+    """Rows of the Table 5 analogue from :func:`balance_study`: eval CF, uniform floor %, with the balance loss %
+    (mean ± std over seeds), without %."""
+    with_b, without_b = balance["arms"]
+    n = len(balance["runs"][with_b])
+    return [[f"CF {r['CF']:g}", 100 * r["uniform floor"],
+             mean_std_text(100 * r[with_b], 100 * r[with_b + " std"], n, 2),
+             mean_std_text(100 * r[without_b], 100 * r[without_b + " std"], n, 2)] for r in balance["rows"]]
+
+
+def difference_text(d: dict, digits: int = 3) -> str:
+    """A :func:`paired_difference` as ``+0.012 ± 0.020`` (mean ± std of the per-seed differences), or
+    ``+0.012 (n = 1)`` for a single seed."""
+    sign = "+" if d["mean"] >= 0 else ""
+    return sign + mean_std_text(d["mean"], d["std"], d["n"], digits)
+
+
+# --- reader-facing wording, chosen from the run's numbers ----------------------------------------------------------
+
+STRESSOR_WHY = {  # id -> what the stressor pushes on, for the chapter's list of the stressors a run has
+    "adafactor": "the paper's optimizer with its safety rail, update clipping, removed",
+    "fp16": "half-precision autocast with dynamic loss scaling (the router itself in bfloat16)",
+    "router_lr": "the router learns 10× faster than the rest of the model",
+    "no_norm": "the router sees the raw residual stream, without the normalisation before it",
+    "longer": "twice the steps, so the logits have longer to grow",
+}
+
+
+def plural(n: int, word: str) -> str:
+    """``1 seed`` / ``3 seeds``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def stressor_list_text(cfg: Config) -> str:
+    """Markdown: the stressors this profile runs, each with what it pushes on, and the ones it leaves out."""
+    ran = [f"- **{STRESSORS[k][0]}**: {STRESSOR_WHY[k]}" for k in cfg.stressors]
+    left = [STRESSORS[k][0] for k in STRESSORS if k not in cfg.stressors]
+    text = f"This run's {plural(len(ran), 'stressor')}, each without and with z-loss 1e-3, " \
+           f"{plural(len(cfg.stressor_seeds), 'seed')} each:\n\n" + "\n".join(ran)
+    if left:
+        text += f"\n\nLeft out of this profile: {', '.join(left)}."
+        if "fp16" not in cfg.stressors:
+            text += " (fp16 because on a CPU half-precision matrix products are emulated and a run takes many times" \
+                    " longer.)"
+    return text
+
+
+def stressor_reading_text(rows: list[list], num_experts: int) -> str:
+    """Markdown reading of :func:`stressor_rows`: per stressor the final top logit without and with the z-loss
+    against the band [-ln E, 0], whether the z-loss held it inside, and the divergences."""
+    ln_e = math.log(num_experts)
+    by = {}
+    for stressor, z, diverged, _, _, top, lowest in rows:
+        by.setdefault(stressor, {})[z] = (top, lowest, diverged)
+    parts, inside = [], []
+    for stressor, arms in by.items():
+        no_z, with_z = arms.get("no z-loss"), arms.get("z-loss 1e-3")
+        if not (no_z and with_z):
+            continue
+        held = -ln_e - 0.05 <= with_z[0] <= 0.05
+        inside.append(held)
+        parts.append(f"{stressor}: {no_z[0]:.2f} without, {with_z[0]:.2f} with the z-loss "
+                     f"({'inside' if held else 'outside'} the band; lowest logit {with_z[1]:.1f})")
+    n_div = sum(int(d.split("/")[0]) for arms in by.values() for _, _, d in arms.values())
+    n_runs = sum(int(d.split("/")[1]) for arms in by.values() for _, _, d in arms.values())
+    if all(inside):
+        verdict = "the z-loss held the final top logit inside the band under every stressor"
+    elif not any(inside):
+        verdict = "the z-loss did not hold the final top logit inside the band under any stressor"
+    else:
+        verdict = (f"the z-loss held the final top logit inside the band under {sum(inside)} of "
+                   f"{plural(len(inside), 'stressor')}; elsewhere it only kept it lower")
+    text = (f"Final top logit (mean over seeds) against the band $[-\\ln E, 0] = [{-ln_e:.2f}, 0]$ — "
+            + "; ".join(parts) + f". So {verdict}. "
+            f"{n_div} of {plural(n_runs, 'stressor run')} diverged.")
+    if "Adafactor, no update clipping" in by:
+        text += " (Adafactor's learning rate is a relative step, not Adam's, so its loss here says nothing about" \
+                " stability.)"
+    return text
+
+
+def routing_by_class_text(classes: list[str], shares: torch.Tensor) -> str:
+    """Markdown reading of :func:`expert_by_byte_class`: does one expert take the plurality of most classes (load,
+    not specialisation), or do classes go to different experts?"""
+    top = [int(s.argmax()) for s in shares]
+    pct = [100 * float(s.max()) for s in shares]
+    common = max(set(top), key=top.count)
+    mine = [p for t, p in zip(top, pct) if t == common]
+    others = [f"{c} (expert {t}, {p:.0f}%)" for c, t, p in zip(classes, top, pct) if t != common]
+    span = f"{min(mine):.0f}%" if round(min(mine)) == round(max(mine)) else f"{min(mine):.0f}–{max(mine):.0f}%"
+    if len(mine) * 2 > len(classes):
+        text = (f"Expert {common} takes the largest share of {len(mine)} of the {len(classes)} byte classes "
+                f"({span})" + (f"; only {', '.join(others)} {'goes' if len(others) == 1 else 'go'} mostly "
+                               "elsewhere" if others else "")
+                + ". That is one busy expert, not specialisation: at this size and length the router has not "
+                  "learned to sort tokens by what they are.")
+    else:
+        favourites = ", ".join(f"{c}: expert {t}, {p:.0f}%" for c, t, p in zip(classes, top, pct))
+        text = (f"The classes' favourite experts differ ({favourites}): "
+                "where a class sends most of its tokens to one expert, that expert has specialised on what the token "
+                "*is*, not only on its context.")
+    return text + " The paper saw experts specialise by token type in its encoder (punctuation, proper nouns, " \
+                  "numbers…; §7)."
+
+
+def toy_moe_lm(make_moe: Callable[[], nn.Module], seed: int, vocab: int = 64, d: int = 32,
+               layers: int = 2) -> nn.ModuleDict:
+    """The drop-in's toy: an embedding, ``layers`` (RMSNorm, MoE) pairs from ``make_moe`` and a head, initialised from
+    ``seed`` without touching the global RNG. Returns ``ModuleDict(embed, norms, moes, head)``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        embed, head = nn.Embedding(vocab, d), nn.Linear(d, vocab)
+        norms = nn.ModuleList(nn.RMSNorm(d) for _ in range(layers))
+        moes = nn.ModuleList(make_moe() for _ in range(layers))
+    return nn.ModuleDict({"embed": embed, "norms": norms, "moes": moes, "head": head})

@@ -1,5 +1,6 @@
-"""Chapter 04's claims at the cpu profile (make verify): the router z-loss keeps logits small at no quality cost and
-its runs never diverge; the balance loss raises routing entropy and cuts drops; drops sit above the uniform floor."""
+"""Chapter 04's claims at the cpu profile (make verify): the router z-loss pins the top router logit at no resolved
+quality cost and its runs never diverge; the balance loss raises routing entropy and cuts drops; drops sit above the
+uniform floor."""
 
 import math
 
@@ -25,13 +26,17 @@ def stability(setup):
                             show_progress=False, cache=cache)
 
 
-def test_z_loss_keeps_logsumexp_near_zero_at_no_quality_cost(stability):
-    base, z = stability["baseline (no z-loss)"], stability["z-loss 1e-3"]
-    lse_base = chapter.summarize([r.final("mean_logsumexp") for r in base])[0]
-    lse_z = chapter.summarize([r.final("mean_logsumexp") for r in z])[0]
-    assert abs(lse_z) < 1.0 and lse_base > 5 * max(abs(lse_z), 0.2), (lse_base, lse_z)
-    val_base, val_z = (chapter.summarize([r.val_loss for r in runs]) for runs in (base, z))
-    assert val_z[0] <= val_base[0] + max(2 * max(val_base[1], val_z[1]), 0.01), (val_z, val_base)
+def test_z_loss_pins_the_top_logit_at_no_resolved_quality_cost(setup, stability):
+    cfg = setup[0]
+    summary = chapter.stability_summary(stability)
+    base, z = summary["baseline (no z-loss)"], summary["z-loss 1e-3"]
+    ln_e = math.log(cfg.num_experts)
+    # logsumexp ~ 0 pins each token's top logit into [-ln E, 0]; the losing logits are free to fall below it
+    assert -ln_e - 0.25 <= z["top_logit"] <= 0.25 and base["top_logit"] > 1.0, (z, base)
+    assert z["lowest_logit"] < -ln_e, z
+    assert abs(z["lse"][0]) < 1.0 and base["lse"][0] > 5 * max(abs(z["lse"][0]), 0.2), (base["lse"], z["lse"])
+    paired = chapter.paired_difference(stability["z-loss 1e-3"], stability["baseline (no z-loss)"])
+    assert paired["verdict"] != "worse", paired
 
 
 def test_z_loss_runs_never_diverge(setup, stability):
