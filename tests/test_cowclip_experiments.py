@@ -226,12 +226,15 @@ def test_explorer_index_and_nearest():
     trained = chapter.explorer_index(cfg, [runs], {})
     assert (16, "cowclip", cfg.r, cfg.zeta) in trained
     name, value = chapter.nearest(trained, 8, "cowclip", 1.0, 1e-5)
-    assert name in runs and 0 < value < 1
+    arm, seeds = name.rsplit(" (", 1)
+    assert arm in runs and seeds == f"{chapter.seed_label(cfg.seeds)})" and 0 < value < 1
 
 
 def test_display_helpers():
     assert chapter.plural(1, "seed") == "1 seed" and chapter.plural(3, "epoch") == "3 epochs"
     assert chapter.zeta_label(1e-5) == "1e-05" and chapter.zeta_label(1e-2) == "1e-02"
+    assert chapter.seed_label([0]) == "seed 0" and chapter.seed_label((1, 0)) == "seeds 0–1"
+    assert chapter.seed_label(range(3)) == "seeds 0–2" and chapter.seed_label([0, 2, 5]) == "seeds 0, 2, 5"
     runs = {name: [chapter.Run(name, 0, {}, auc, 0.0, [], 1, 1, 1.0, 0.0, None)]
             for name, auc in (("none ×8", 0.5), ("sqrt ×8", 0.6), ("linear ×8", 0.65))}
     assert chapter.strongest_rule(runs, 8) == ("linear", 0.65)

@@ -114,3 +114,21 @@ def test_toy_augmented_dataset_is_seeded_and_augments():
 
     a, b = ToyAugmentedDataset(seed=3), ToyAugmentedDataset(seed=3)
     assert torch.equal(a[0][0], b[0][0]) and not torch.equal(a[0][0], a[0][0])
+
+
+def test_point_names_round_trip_and_readings_follow_the_numbers():
+    for key in ("before_augment", "after_augment", "batch"):
+        assert chapter.point_key(chapter.point_name(key)) == key == chapter.point_key(key)
+    assert chapter.arm_label(2, "before_augment") == "e = 2, before augmentation"
+    ratio = {(2, "before_augment"): 0.54, (2, "after_augment"): 0.58, (2, "batch"): 0.52}
+    order = sorted(("before_augment", "after_augment", "batch"), key=lambda p: ratio[(2, p)])
+    close = chapter.order_reading(order, ratio, {k: 0.06 for k in ratio}, 3)
+    assert "batch echoing 0.52 (std 0.06)" in close and "within the seeds' spread" in close
+    apart = chapter.order_reading(order, ratio, {k: 0.01 for k in ratio}, 3)
+    assert "more than noise" in apart
+    rows = [{"target R": 8.0, "echo factor": e, "R": 7.7, "measured / modelled": m, "t_down (ms)": 3.0}
+            for e, m in ((2, 0.95), (4, 0.896), (8, 0.97))]
+    text = chapter.law_reading(rows, {8.0: 7.7})
+    assert "0.896 against the floor 0.90, short by 0.004" in text and "0.896–0.950 of it" in text
+    rows[1]["measured / modelled"] = 0.93
+    assert "every setting at or above its floor" in chapter.law_reading(rows, {8.0: 7.7})

@@ -158,6 +158,13 @@ def test_reader_wording_helpers():
             ["no norm before the router", "z-loss 1e-3", "0/1", None, 5.0, 4.42, -86.0]]
     text = chapter.stressor_reading_text(rows, 8)
     assert "outside the band" in text and "did not hold the final top logit inside the band" in text
+    rows[1][6] = -3120.0
+    assert "lowest logit -3,120)" in chapter.stressor_reading_text(rows, 8)
+    assert chapter.number_text(-3120.0) == "-3,120" and chapter.number_text(9651.319) == "9,651.32"
+    assert chapter.seed_sign_text({"diffs": [0.1, 0.2, 0.01]}, "the z-loss") == \
+        "the z-loss is worse on every one of the 3 seeds"
+    assert chapter.seed_sign_text({"diffs": [0.1, -0.2, 0.01]}, "x") == "x is worse on 2 of the 3 seeds and better on 1"
+    assert chapter.seed_sign_text({"diffs": [-0.1]}, "x") == "x is better on the one seed"
     shares = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.2, 0.8]])
     assert "Expert 0 takes the largest share of 2 of the 3" in chapter.routing_by_class_text(["a", "b", "c"], shares)
     cfg = chapter.config("smoke")

@@ -92,7 +92,10 @@ def _row(R, e, ratio, target=2.0):
 def test_law_verdict_applies_the_floor_of_each_input_side():
     assert law.law_verdict([_row(8.1, 2, 0.91), _row(2.1, 2, 0.86), _row(2.1, 3, 0.5)])[0] is True
     passed, detail = law.law_verdict([_row(8.1, 2, 0.89), _row(2.1, 2, 0.95)])
-    assert passed is False and "R >= 4: worst 0.89" in detail
+    assert passed is False and "R >= 4: worst 0.890 < floor 0.90 (1 setting, 1 below)" in detail
+    # a miss never rounds to its floor: 0.896 reads as below 0.90
+    assert "worst 0.896 < floor 0.90" in law.law_verdict([_row(8.1, 2, 0.896)])[1]
+    assert "R < 4: worst 0.950 >= floor 0.85 (1 setting)" in detail
     assert law.law_verdict([_row(2.0, 1, 0.84)])[0] is False
     assert law.law_floor(4.0) == 0.90 and law.law_floor(3.9) == 0.85
 
@@ -104,7 +107,7 @@ def test_law_verdict_is_not_evaluated_without_a_setting_below_R():
 
 def test_ceiling_verdict_and_kink_sides():
     rows = [_row(2.0, 1, 0.95), _row(2.0, 4, 1.04), _row(5.0, 8, 0.9, target=5.0)]
-    assert law.ceiling_verdict(rows) == (True, "highest measured / modelled 1.04 over 3 settings")
+    assert law.ceiling_verdict(rows) == (True, "highest measured / modelled 1.040 over 3 settings (limit 1.05)")
     assert law.ceiling_verdict(rows + [_row(2.0, 2, 1.2)])[0] is False
     assert law.kink_sides(rows) == {"R ≈ 2: e <= R": 1, "R ≈ 2: e > R": 1, "R ≈ 5: e > R": 1}
 

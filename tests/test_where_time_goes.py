@@ -119,3 +119,9 @@ def test_ledger_reading_follows_the_numbers():
     assert "e = 1 and e = 2 did not reach" in text and "0.08 against e = 1's 0.18" in text
     both = [LedgerEntry("echo e=1", 1000, 100, 10.0, 0.9), LedgerEntry("echo e=2", 500, 100, 5.0, 0.9)]
     assert "2.00× faster" in ledger_reading(both, 40) and "about as much as a fresh one" in ledger_reading(both, 40)
+
+
+def test_kink_sentence_says_where_the_kink_sits():
+    assert "below $e = 1$" in chapter.kink_sentence(0.5) and "cannot speed it up" in chapter.kink_sentence(0.5)
+    assert "between 1 and 2" in chapter.kink_sentence(1.5)
+    assert "at or beyond $e = 2$" in chapter.kink_sentence(3.0)

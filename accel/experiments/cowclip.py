@@ -637,8 +637,9 @@ def norm_rows(runs: dict[str, list[Run]]) -> list[list]:
 
 
 def regime_rows(runs: dict[str, list[Run]], cell) -> list[list]:
-    """Rows of the epoch- vs step-matched table: arm, batch, steps, epochs, AUC (mean ± std over seeds)."""
-    return [[name, f"{r[0].hparams['batch_size']:,}", r[0].steps, f"{r[0].epochs:.1f}",
+    """Rows of the epoch- vs step-matched table: arm, batch, steps, epochs, the seeds averaged, AUC (mean ± std over
+    those seeds)."""
+    return [[name, f"{r[0].hparams['batch_size']:,}", r[0].steps, f"{r[0].epochs:.1f}", seed_label(x.seed for x in r),
              cell(*mean_std(x.auc for x in r))] for name, r in runs.items()]  # fmt: skip
 
 
@@ -717,12 +718,13 @@ def explorer_index(cfg: Config, groups: Iterable[dict[str, list[Run]]], sweep: d
             if "no clip" in name or arm_runs[0].steps != round(cfg.epochs * arm_runs[0].steps_per_epoch):
                 continue
             rule = "cowclip" if name.startswith("CowClip") else ("none" if name == "base" else name.split(" ×")[0])
-            trained[(hp["batch_size"] // cfg.base_batch, rule, hp["r"], hp["zeta"])] = (name, mean_auc(arm_runs))
+            trained[(hp["batch_size"] // cfg.base_batch, rule, hp["r"], hp["zeta"])] = (
+                f"{name} ({seed_label(r.seed for r in arm_runs)})", mean_auc(arm_runs))
     for name, arm_runs in sweep.items():
         hp = arm_runs[0].hparams
         if hp["clip"]:
             key = (hp["batch_size"] // cfg.base_batch, "cowclip", hp["r"], hp["zeta"])
-            trained.setdefault(key, (f"{name} ×{key[0]}", mean_auc(arm_runs)))
+            trained.setdefault(key, (f"{name} ×{key[0]} ({seed_label(r.seed for r in arm_runs)})", mean_auc(arm_runs)))
     return trained
 
 
@@ -753,6 +755,20 @@ def record_metrics(results, *, limit=None, table1=None, cowclip_runs=None, regim
 def plural(n: int, word: str) -> str:
     """'1 seed', '3 seeds'."""
     return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def seed_label(seeds: Iterable[int]) -> str:
+    """'seed 0', 'seeds 0–2' (a consecutive run), 'seeds 0, 2, 5': which seeds a mean is over."""
+    seeds = sorted(set(seeds))
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}–{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+# reader names of the data variants (the arms' name prefixes are the codes)
+VARIANT_NAMES = {"signal": "full data", "hf": "high-frequency IDs only", "noise": "rare IDs mostly noise"}
 
 
 def zeta_label(zeta: float) -> str:

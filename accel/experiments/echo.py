@@ -424,18 +424,39 @@ def summarize_runs(runs: list[Run], key: Callable[[Run], float | None]) -> tuple
 
 # --- tables and records the chapter shows --------------------------------------------------------------------------
 
+POINT_NAMES = {"before_augment": "before augmentation", "after_augment": "after augmentation",
+               "batch": "batch echoing"}  # the insertion points in the reader's words (config keys stay as they are)
+
+
+def point_name(point: str) -> str:
+    """An insertion point's key ("before_augment") in the reader's words ("before augmentation")."""
+    return POINT_NAMES.get(point, point.replace("_", " "))
+
+
+def point_key(point: str) -> str:
+    """The config key of an insertion point given in either form ("before augmentation" or "before_augment")."""
+    return next((key for key, name in POINT_NAMES.items() if point in (key, name)), point)
+
+
 def arm_label(e: float, point: str) -> str:
-    return "baseline (e = 1)" if e == 1 else f"e = {e:g}, {point.replace('_', ' ')}"
+    return "baseline (e = 1)" if e == 1 else f"e = {e:g}, {point_name(point)}"
+
+
+def _whole(value: float | None) -> int | None:
+    """A mean of counts shown as a count: rounded to a whole number (None stays None)."""
+    return None if value is None else round(value)
 
 
 def grid_rows(grid: dict[tuple[float, str], list[Run]]) -> dict:
     """The fresh-examples grid summarised: rows of (arm, mean fresh to target, std, × baseline, mean steps, reached),
-    the equal-steps rows (arm, accuracies at the baseline's mean steps to target, one per seed), and per (e, point) the
-    ratio of mean fresh examples to the baseline's (inf: never reached; nan: the baseline never did)."""
+    the equal-steps rows (arm, accuracies at the baseline's mean steps to target, one per seed), per (e, point) the
+    ratio of mean fresh examples to the baseline's (inf: never reached; nan: the baseline never did) and the seeds'
+    std of fresh examples over the baseline's mean ("ratio_std_at"). "display_rows" are "rows" as the table shows
+    them: means over seeds of counts rounded to whole examples and steps."""
     base_fresh = summarize_runs(grid[(1, "none")], lambda r: r.fresh_to_target)[0]
     base_steps = summarize_runs(grid[(1, "none")], lambda r: r.steps_to_target)[0]
     at_steps = int(base_steps) if base_steps else None
-    rows, equal_steps, ratio_at = [], [], {}
+    rows, equal_steps, ratio_at, ratio_std_at = [], [], {}, {}
     for (e, point), runs in grid.items():
         fresh = summarize_runs(runs, lambda r: r.fresh_to_target)
         steps = summarize_runs(runs, lambda r: r.steps_to_target)
@@ -445,8 +466,10 @@ def grid_rows(grid: dict[tuple[float, str], list[Run]]) -> dict:
         equal_steps.append((arm_label(e, point), accs))
         if e != 1:
             ratio_at[(e, point)] = float("nan") if not base_fresh else (fresh[0] or float("inf")) / base_fresh
-    return {"rows": rows, "equal_steps": equal_steps, "ratio_at": ratio_at, "base_steps": at_steps,
-            "base_fresh": base_fresh, "keys": list(grid)}
+            ratio_std_at[(e, point)] = fresh[1] / base_fresh if fresh[1] is not None and base_fresh else float("nan")
+    display_rows = [[arm, _whole(f), _whole(sd), ratio, _whole(st), reached] for arm, f, sd, ratio, st, reached in rows]
+    return {"rows": rows, "display_rows": display_rows, "equal_steps": equal_steps, "ratio_at": ratio_at,
+            "ratio_std_at": ratio_std_at, "base_steps": at_steps, "base_fresh": base_fresh, "keys": list(grid)}
 
 
 def fresh_bars(grid: dict[tuple[float, str], list[Run]], factors, points) -> dict[str, tuple[list, list]]:
@@ -466,11 +489,11 @@ def fresh_bars(grid: dict[tuple[float, str], list[Run]], factors, points) -> dic
 
 
 def wall_entries(wall: dict, target: float) -> list:
-    """Ledger entries ("e = 1", "e = 2 (before augment)", ...) from :func:`wall_clock`'s runs, through the shared
+    """Ledger entries ("e = 1", "e = 2 (before augmentation)", ...) from :func:`wall_clock`'s runs, through the shared
     path (curves reordered to (fresh examples, steps, seconds, accuracy %))."""
     from accel.experiments.ledger import entry_from_runs
 
-    return [entry_from_runs(f"e = {e:g}" + (" (before augment)" if e != 1 else ""),
+    return [entry_from_runs(f"e = {e:g}" + (" (before augmentation)" if e != 1 else ""),
                             [[(f, s, t, a) for s, f, t, a in run.curve] for run in runs], target)
             for e, runs in wall["runs"].items()]
 
@@ -526,10 +549,10 @@ def explorer_parts(cfg: Config, grid: dict, t_down: float, base_fresh: float | N
     in section 4's grid, steps/s from the law at the slider's R with this run's t_down, and the predicted time to
     target N_fresh / B · max(t_up, e·t_down) (first seed's curves, drawn against that predicted time)."""
     def readout(echo_factor, point, R):
-        runs = grid[(1, "none")] if echo_factor == 1 else grid[(echo_factor, point)]
+        runs = grid[(1, "none")] if echo_factor == 1 else grid[(echo_factor, point_key(point))]
         fresh = summarize_runs(runs, lambda r: r.fresh_to_target)[0]
         per_fresh_batch = max(R * t_down, echo_factor * t_down)
-        return {"fresh examples to target (measured)": fresh,
+        return {"fresh examples to target (measured, mean over seeds)": None if fresh is None else round(fresh),
                 "steps/s (law)": overlap_steps_per_second(R * t_down, t_down, echo_factor),
                 "predicted seconds to target": fresh / cfg.batch_size * per_fresh_batch if fresh else None,
                 "baseline predicted seconds":
@@ -537,7 +560,7 @@ def explorer_parts(cfg: Config, grid: dict, t_down: float, base_fresh: float | N
 
     def plot(ax, knobs, values):
         for e, color in zip(cfg.factors, line_colors):
-            run = grid[(1, "none")][0] if e == 1 else grid[(e, knobs["point"])][0]
+            run = grid[(1, "none")][0] if e == 1 else grid[(e, point_key(knobs["point"]))][0]
             steps, fresh, seconds, acc = zip(*run.curve)
             ax.plot(np.array(fresh) / cfg.batch_size * max(knobs["R"] * t_down, e * t_down), acc, color=color,
                     lw=3 if e == knobs["echo_factor"] else 1, label=f"e = {e:g}")
@@ -545,14 +568,66 @@ def explorer_parts(cfg: Config, grid: dict, t_down: float, base_fresh: float | N
         ax.set_xlabel("predicted wall clock (s) at this R")
         ax.set_ylabel("test accuracy % (first seed)")
         ax.legend(loc="lower right")
-        ax.set_title(f"{knobs['point'].replace('_', ' ')}, R = {knobs['R']:g}")
+        ax.set_title(f"{point_name(point_key(knobs['point']))}, R = {knobs['R']:g}")
 
     return readout, plot
 
 
+def order_reading(order: list[str], ratio_at: dict, ratio_std_at: dict, seeds: int) -> str:
+    """Whether the order of the insertion points at e = 2 (fewest fresh examples first) stands out of the seeds'
+    spread: each gap between neighbours in the order against the larger of their two stds (as ratios of the
+    baseline's mean)."""
+    values = [(p, ratio_at[(2, p)], ratio_std_at.get((2, p), float("nan"))) for p in order if (2, p) in ratio_at]
+    if len(values) < 2 or seeds < 2:
+        return "With one seed there is no spread to judge this order by. "
+    gaps = [(b[1] - a[1], max(a[2], b[2])) for a, b in zip(values, values[1:])]
+    within = all(gap <= spread for gap, spread in gaps)
+    listed = ", ".join(f"{point_name(p)} {r:.2f} (std {sd:.2f})" for p, r, sd in values)
+    return (f"Over {plural(seeds, 'seed')}: {listed}; neighbours differ by "
+            + ", ".join(f"{gap:.2f}" for gap, _ in gaps)
+            + (", each within the seeds' spread, so this run does not rank the insertion points: the order could "
+               "change with other seeds. " if within else
+               ", and not every gap is within the seeds' spread, so this order is more than noise. "))
+
+
+def law_reading(law_rows: list[dict], side: dict[float, float]) -> str:
+    """Section 3's reading of the law check: how close measured steps/s came to the law fed with each run's own costs,
+    whether (and by how much) a setting with e <= R missed its floor, the step time's drift and the probed law."""
+    below = [r for r in law_rows if r["echo factor"] <= r["R"]]
+    ratios = [r["measured / modelled"] for r in law_rows]
+    text = ("**What the figure shows.** Measured steps/s (orange) "
+            + ("sits under the crosses" if max(ratios) <= slow_input.CEILING_SLACK
+               else "rises above the crosses in places")
+            + ", the law fed with each run's own costs: ")
+    if below:
+        misses = [r for r in below if r["measured / modelled"] < slow_input.law_floor(r["R"])]
+        text += f"{slow_input.value_range([r['measured / modelled'] for r in below], 3)} of it wherever $e \le R$"
+        if misses:
+            text += (", so the law's floor was missed at " + "; ".join(
+                f"target R ≈ {r['target R']:g}, e = {r['echo factor']:g} (measured R = {r['R']:.1f}): "
+                f"{r['measured / modelled']:.3f} against the floor {slow_input.law_floor(r['R']):.2f}, short by "
+                f"{slow_input.law_floor(r['R']) - r['measured / modelled']:.3f}" for r in misses)
+                + " (the claim above fails there)")
+        else:
+            text += ", every setting at or above its floor"
+    else:
+        text += "no setting had $e \le R$ in this run"
+    drift = {t: [r["t_down (ms)"] for r in law_rows if r["target R"] == t] for t in side}
+    probed = [r["measured / probed law"] for r in below if "measured / probed law" in r]
+    return (text + f"; {max(ratios):.3f} at most anywhere. The crosses do not trace one smooth kinked line because the "
+            "machine's speed moved between runs: the step time $t_{down}$ ranged over "
+            + "; ".join(f"{slow_input.value_range(v, 1)} ms at R ≈ {side[t]:.1f}" for t, v in drift.items())
+            + ". Past the kink, steps/s follows $1/t_{down}$, so a faster moment still raises it: that is drift, not "
+            "echoing paying beyond $e = R$. The law fed with costs probed alone (dash-dot) is a plan made before the "
+            "run: measured " + (f"steps/s was {slow_input.value_range(probed)} of it where $e \le R$. " if probed else
+                                "steps/s against it is in the last column. ")
+            + "Measure $t_{up}$ and $t_{down}$ where you train, more than once.")
+
+
 def fresh_reading(ratio_at: dict, order: list[str], gaps: dict[str, float], base_acc: float, base_steps: int | None,
-                  worst: str | None) -> str:
-    """Section 4's paper-beside-run paragraph, its wording chosen from this run's numbers."""
+                  worst: str | None, order_note: str = "") -> str:
+    """Section 4's paper-beside-run paragraph, its wording chosen from this run's numbers (``order_note``: the
+    sentence of :func:`order_reading` on whether the order stands out of the seeds' spread)."""
     at_2 = {p: r for (e, p), r in ratio_at.items() if e == 2}
     fewer = all(r < 1 for r in at_2.values())
     near = all(abs(r - 0.5) <= 0.1 for r in at_2.values())
@@ -560,9 +635,11 @@ def fresh_reading(ratio_at: dict, order: list[str], gaps: dict[str, float], base
             "echoing on ResNet-50 about equal), and, fewest first, echoing before augmentation, then after, then "
             "batch echoing. Here at $e = 2$ " + ("every point needs fewer fresh examples" if fewer else
                                                  "not every point needs fewer fresh examples")
-            + " than the baseline: " + ", ".join(f"{p.replace('_', ' ')} {r:.2f}×" for p, r in at_2.items())
+            + " than the baseline: " + ", ".join(f"{point_name(p)} {r:.2f}×" for p, r in at_2.items())
             + (" (1/e = 0.50)" if near else " against 1/e = 0.50")
-            + "; the order, fewest first, is " + ", ".join(p.replace("_", " ") for p in order) + ". ")
+            + "; the order, fewest first, is " + ", ".join(point_name(p) for p in order)
+            + (", the paper's. " if order == ["before_augment", "after_augment", "batch"] else ", not the paper's. ")
+            + order_note)
     if near:
         text += ("An echoed example was nearly as good as a fresh one here: the baseline sees each training example "
                  "many times before it reaches the target, closer to 'more epochs' than to the paper's data-rich "

@@ -64,9 +64,9 @@ PAPER_UNIFORM_FLOOR = {  # top-1, 32 experts: (tokens, CF) -> % dropped under un
 STRESSORS = {  # id -> (name, what the arm changes)
     "adafactor": ("Adafactor, no update clipping", dict(optimizer="adafactor", update_clip=None)),
     "fp16": ("fp16 autocast + loss scaling", dict(precision="fp16")),
-    "router_lr": ("router lr x10", dict(router_lr_mult=10.0)),
+    "router_lr": ("router lr ×10", dict(router_lr_mult=10.0)),
     "no_norm": ("no norm before the router", dict(lm={"router_norm": False})),
-    "longer": ("2x longer", dict(steps_mult=2.0)),
+    "longer": ("2× longer", dict(steps_mult=2.0)),
 }
 
 
@@ -475,15 +475,19 @@ def run_arms(cfg: Config, data: TextCorpus, device: torch.device, arms: Iterable
 
     arms, seeds = list(arms), list(seeds)
     cache = {} if cache is None else cache
+    keys = [(arm, seed, run_key(cfg, arm, seed)) for seed in seeds for arm in arms]
+    fresh = len({key for _, _, key in keys if key not in cache})
     runs: dict[str, list[Run]] = {arm.name: [] for arm in arms}
-    with progress_bar(total=len(arms) * len(seeds), desc=desc, disable=not show_progress) as bar:
-        for seed in seeds:
-            for arm in arms:
-                key = run_key(cfg, arm, seed)
-                if key not in cache:
-                    cache[key] = train(cfg, arm, seed, data, device, keep_model=True)
-                runs[arm.name].append(replace(cache[key], arm=arm.name))
+    with progress_bar(total=fresh, desc=desc, disable=not show_progress or not fresh) as bar:
+        for arm, seed, key in keys:
+            if key not in cache:
+                cache[key] = train(cfg, arm, seed, data, device, keep_model=True)
                 bar.update()
+            runs[arm.name].append(replace(cache[key], arm=arm.name))
+    reused = len(keys) - fresh
+    if show_progress and reused:  # a cached run is not re-trained: say so rather than "N runs in 0 s"
+        print(f"{desc}: {plural(reused, 'run')} {'more ' if fresh else ''}reused from runs made earlier in the "
+              "chapter (same settings and seed), not trained again", flush=True)
     return runs
 
 
@@ -539,7 +543,7 @@ def capacity_table(cfg: Config, data: TextCorpus, device: torch.device, show_pro
     """Table 8 analogue: for each (top-k, train CF), validation loss at eval CF = train CF and at the larger eval CF,
     with the dropped share of assignments at each."""
     arms = [capacity_arm(k, train_cf) for k, train_cf, _ in cfg.capacity_arms]
-    runs = run_arms(cfg, data, device, arms, cfg.capacity_seeds, desc="capacity x top-k", cache=cache,
+    runs = run_arms(cfg, data, device, arms, cfg.capacity_seeds, desc="capacity × top-k", cache=cache,
                     show_progress=show_progress)
     rows = []
     for (k, train_cf, eval_cf), arm in zip(cfg.capacity_arms, arms):
@@ -895,6 +899,24 @@ def table5_rows(balance: dict) -> list[list]:
              mean_std_text(100 * r[without_b], 100 * r[without_b + " std"], n, 2)] for r in balance["rows"]]
 
 
+def seed_sign_text(d: dict, arm: str) -> str:
+    """How the seeds of a :func:`paired_difference` of losses went, counted by sign (a positive difference: ``arm``
+    is worse): 'the z-loss is worse on every one of the 3 seeds', '... worse on 2 of the 3 seeds and better on 1'."""
+    n, worse, better = len(d["diffs"]), sum(x > 0 for x in d["diffs"]), sum(x < 0 for x in d["diffs"])
+    if n == 1:
+        return f"{arm} is {'worse' if worse else 'better' if better else 'level'} on the one seed"
+    if worse == n or better == n:
+        return f"{arm} is {'worse' if worse else 'better'} on every one of the {n} seeds"
+    return f"{arm} is worse on {worse} of the {n} seeds and better on {better}"
+
+
+def number_text(value: float, digits: int = 2) -> str:
+    """A number as the book's tables print it: thousands separators, no decimals on a whole number from 1,000."""
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:,.{digits}f}"
+
+
 def difference_text(d: dict, digits: int = 3) -> str:
     """A :func:`paired_difference` as ``+0.012 ± 0.020`` (mean ± std of the per-seed differences), or
     ``+0.012 (n = 1)`` for a single seed."""
@@ -946,8 +968,8 @@ def stressor_reading_text(rows: list[list], num_experts: int) -> str:
             continue
         held = -ln_e - 0.05 <= with_z[0] <= 0.05
         inside.append(held)
-        parts.append(f"{stressor}: {no_z[0]:.2f} without, {with_z[0]:.2f} with the z-loss "
-                     f"({'inside' if held else 'outside'} the band; lowest logit {with_z[1]:.1f})")
+        parts.append(f"{stressor}: {number_text(no_z[0])} without, {number_text(with_z[0])} with the z-loss "
+                     f"({'inside' if held else 'outside'} the band; lowest logit {number_text(with_z[1])})")
     n_div = sum(int(d.split("/")[0]) for arms in by.values() for _, _, d in arms.values())
     n_runs = sum(int(d.split("/")[1]) for arms in by.values() for _, _, d in arms.values())
     if all(inside):

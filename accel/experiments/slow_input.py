@@ -188,7 +188,8 @@ def law_check(dataset_at: Callable[[int], object], step: Step, sample: tuple[tor
     rows = []
     with single_threaded():
         t_down_probe = float(np.median([downstream_seconds(step, *sample, 20, device) for _ in range(3)]))
-        bar = progress_bar(total=len(ratios) * len(factors), desc=desc, disable=not progress)
+        bar = progress_bar(total=len(ratios) * len(factors) * repeats, desc=desc, unit="timed runs",
+                           disable=not progress)  # counts every run: settings × repeats
         for ratio in ratios:
             work = calibrate_work(dataset_at, batch_size, ratio * t_down_probe, seed)
             dataset = dataset_at(work)
@@ -202,7 +203,7 @@ def law_check(dataset_at: Callable[[int], object], step: Step, sample: tuple[tor
                     run = measured_run(dataset, batch_size, step, e, steps, seed + repeat, device)
                     run["modelled"] = overlap_steps_per_second(run["t_up"], run["t_down"], run["echo factor"])
                     runs[e].append(run)
-                bar.update()
+                    bar.update()
             for e in factors:
                 median = {key: float(np.median([run[key] for run in runs[e]])) for key in runs[e][0]}
                 ratios_e = [run["steps/s"] / run["modelled"] for run in runs[e]]
@@ -254,15 +255,19 @@ def law_verdict(rows: list[dict]) -> tuple[bool | None, str]:
     for high, label in ((True, "R >= 4"), (False, "R < 4")):
         group = [r["measured / modelled"] for r in below if (r["R"] >= 4.0) == high]
         if group:
-            parts.append(f"{label}: worst {min(group):.2f} (floor {law_floor(4.0 if high else 0.0):.2f}, "
-                         f"{plural(len(group), 'setting')})")
+            floor, worst = law_floor(4.0 if high else 0.0), min(group)
+            # three decimals, and the comparison in words: 0.896 must never read as the floor 0.90
+            parts.append(f"{label}: worst {worst:.3f} {'<' if worst < floor else '>='} floor {floor:.2f}"
+                         f" ({plural(len(group), 'setting')}" + (f", {sum(v < floor for v in group)} below"
+                                                                 if worst < floor else "") + ")")
     return not misses, "; ".join(parts)
 
 
 def ceiling_verdict(rows: list[dict]) -> tuple[bool, str]:
     """Whether no law_check row beats the law by more than CEILING_SLACK (timing noise), and the highest ratio."""
     highest = max(r["measured / modelled"] for r in rows)
-    return highest <= CEILING_SLACK, f"highest measured / modelled {highest:.2f} over {plural(len(rows), 'setting')}"
+    return highest <= CEILING_SLACK, (f"highest measured / modelled {highest:.3f} over {plural(len(rows), 'setting')}"
+                                      f" (limit {CEILING_SLACK:.2f})")
 
 
 def kink_sides(rows: list[dict]) -> dict[str, int]:

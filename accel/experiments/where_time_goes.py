@@ -373,6 +373,19 @@ def ledger_reading(entries: list[LedgerEntry], max_steps: int) -> str:
             f"{speed_phrase(base.seconds_to_target / arm.seconds_to_target)} on the wall clock: {worth}.")
 
 
+def kink_sentence(ratio: float) -> str:
+    """Where the overlap law's kink e = R sits for an input side R times slower than the step, and what it means for
+    echoing with one worker, in a sentence."""
+    if ratio <= 1:
+        return (f"Here $R = {ratio:.2f} \\le 1$: with one worker the step is already the bottleneck (the kink $e = R$ "
+                "lies below $e = 1$), so echoing cannot speed it up at all; the worker alone does all there is to do.")
+    if ratio < 2:
+        return (f"Here $R = {ratio:.2f}$: the kink $e = R$ lies between 1 and 2, so echoing pays only up to "
+                f"$e = {ratio:.2f}$ and the rest of $e = 2$'s repeats buy no speed.")
+    return (f"Here $R = {ratio:.2f}$: the kink $e = R$ lies at or beyond $e = 2$, so echoing twice is all gain "
+            "(by the law).")
+
+
 def law_readout(t_up_ms: float, t_down_ms: float, echo_factor: float) -> dict[str, float]:
     """The explorer's readout: the overlap law at one setting of its sliders."""
     t_up, t_down = t_up_ms / 1e3, t_down_ms / 1e3
@@ -383,8 +396,9 @@ def law_readout(t_up_ms: float, t_down_ms: float, echo_factor: float) -> dict[st
 
 
 def law_plot(ax, knobs: dict, readout: dict, law_rows: list[dict], colors: dict[str, str]) -> None:
-    """The explorer's figure: the law at the sliders' setting, and the measured setting nearest the t_up slider
-    (the law at its median costs, dashed, and what was measured there, squares)."""
+    """The explorer's figure: the law at the sliders' setting, and the input side measured nearest the t_up slider:
+    what was measured there (squares) beside the law fed with each of those runs' own costs (crosses, dashed line
+    through them), so each square is read against its own law, not against one run's costs."""
     grid = np.linspace(1, 16, 300)
     t_up, t_down = knobs["t_up_ms"] / 1e3, knobs["t_down_ms"] / 1e3
     ax.plot(grid, [overlap_steps_per_second(t_up, t_down, e) for e in grid], color=colors["model"], lw=2,
@@ -392,11 +406,11 @@ def law_plot(ax, knobs: dict, readout: dict, law_rows: list[dict], colors: dict[
     ax.plot([knobs["echo_factor"]], [readout["steps/s"]], "o", color=colors["echo"], ms=10, label="this setting")
     nearest = min(law_rows, key=lambda r: abs(r["t_up (ms)"] - knobs["t_up_ms"]))
     measured = [r for r in law_rows if r["target R"] == nearest["target R"]]
-    m_up, m_down = nearest["t_up (ms)"] / 1e3, nearest["t_down (ms)"] / 1e3
-    ax.plot(grid, [overlap_steps_per_second(m_up, m_down, e) for e in grid], "--", color=colors["measured"],
-            lw=1.5, label=f"law at a measured setting (t_up {1e3 * m_up:.0f} ms, t_down {1e3 * m_down:.1f} ms)")
-    ax.plot([r["echo factor"] for r in measured], [r["measured steps/s"] for r in measured], "s",
-            color=colors["measured"], label="measured there")
+    es = [r["echo factor"] for r in measured]
+    ax.plot(es, [r["modelled steps/s"] for r in measured], "x--", color=colors["measured"], ms=9, mew=2, lw=1,
+            label=f"law at each measured run's own costs (target R ≈ {nearest['target R']:g})")
+    ax.plot(es, [r["measured steps/s"] for r in measured], "s", color=colors["measured"], mfc="none", ms=8,
+            label="measured in those runs")
     ax.set_xlabel("echo factor e")
     ax.set_ylabel("steps/s")
     ax.set_ylim(bottom=0)
