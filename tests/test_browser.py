@@ -316,15 +316,20 @@ def assert_no_traceback_shown(page) -> None:
 
 
 def move_first_slider(page, explorer, readout, before: str) -> bool:
-    """Focus the explorer's first slider handle and press arrow keys until the readout differs from before.
+    """Focus the explorer's first slider handle that can move (a grid of one value cannot) and press arrow keys until
+    the readout differs from before.
 
     noUiSlider (ipywidgets 8) keeps the handle's position in aria-valuenow: a handle that did not move under
     ArrowRight sits at its right end, so ArrowLeft is tried next without waiting for the readout.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    handle = explorer.locator(SLIDER_HANDLE).first
-    handle.wait_for(state="visible")
+    handles = explorer.locator(SLIDER_HANDLE)
+    handles.first.wait_for(state="visible")
+    movable = [handles.nth(i) for i in range(handles.count())
+               if handles.nth(i).get_attribute("aria-valuemin") != handles.nth(i).get_attribute("aria-valuemax")]
+    assert movable, "the explorer has no control with more than one value"
+    handle = movable[0]
     for key in ("ArrowRight", "ArrowLeft"):
         position = handle.get_attribute("aria-valuenow")
         handle.focus()

@@ -136,3 +136,15 @@ def test_declared_tolerances_cover_the_measured_cross_kernel_spread(notebook):
         assert allowed >= MARGIN * spread, f"{name}: tolerance {allowed:.4g} < {MARGIN} x measured spread {spread:.4g}"
     flipping = [n for n in measured["flipping_claims"] if reference["claims"].get(n) is not None]
     assert not flipping, f"claims compared by outcome that flip between kernels: {flipping}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_the_parameters_cell(notebook):
+    """Papermill parses the `parameters` cell line by line; a comment it cannot parse (an '=' in it, say) makes it
+    drop that parameter with only a warning."""
+    from papermill.translators import PythonTranslator
+
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(cells) == 1, "one cell tagged `parameters`"
+    names = {p.name for p in PythonTranslator.inspect({"source": "".join(cells[0]["source"])})}
+    assert {"PROFILE", "SEED", "RESULTS_PATH"} <= names, names

@@ -66,7 +66,7 @@ class Config:
 
 CONFIGS = {
     "smoke": Config(dataset="digits", epochs=10, batch_size=32, lr=0.2, seeds=(0,), ratios=(0.5,),
-                    sweep_ratios=(0.5,), sweep_deltas=(0.875,), sweep_seeds=(0,), mc_samples=200, mc_draws=100,
+                    sweep_ratios=(0.3, 0.5), sweep_deltas=(0.875,), sweep_seeds=(0,), mc_samples=200, mc_draws=100,
                     target_accuracy=90.0),
     "cpu": Config(),
     "paper": Config(dataset="cifar10", model="resnet18", epochs=200, batch_size=128, lr=0.05, schedule="onecycle",
