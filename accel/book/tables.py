@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from accel.experiments.words import number_text
+
 
 @dataclass(frozen=True)
 class MeanStd:
@@ -49,9 +51,7 @@ def format_cell(value: Any, digits: int = 2) -> str:
     if isinstance(value, (float, np.floating)):
         if math.isnan(value):
             return "nan"
-        if float(value).is_integer() and abs(value) >= 1000:  # a count carried as a float: no decimals, separators
-            return f"{int(value):,}"
-        return f"{float(value):,.{digits}f}" if abs(value) >= 1000 else f"{float(value):.{digits}f}"
+        return number_text(float(value), digits)  # a count carried as a float: no decimals, separators
     return str(value)
 
 

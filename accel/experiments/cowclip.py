@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from accel.cowclip import CowClip
 from accel.datasets.ctr import CTRData, SyntheticCTRSpec, auc, bayes_metrics, id_counts, logloss, make_synthetic_ctr
 from accel.experiments import pick_config
+from accel.experiments.words import plural  # noqa: F401  (chapter.plural in the notebook)
 from accel.models.ctr import make_ctr_model
 
 # --- paper numbers (official LargeBatchCTR README, DeepFM on Criteo, one V100) -----------------------------------
@@ -752,11 +753,6 @@ def record_metrics(results, *, limit=None, table1=None, cowclip_runs=None, regim
 
 
 # --- display helpers (wording and the explorer's look-ups) ---------------------------------------------------------
-def plural(n: int, word: str) -> str:
-    """'1 seed', '3 seeds'."""
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
-
-
 def seed_label(seeds: Iterable[int]) -> str:
     """'seed 0', 'seeds 0–2' (a consecutive run), 'seeds 0, 2, 5': which seeds a mean is over."""
     seeds = sorted(set(seeds))

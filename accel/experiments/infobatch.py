@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from accel.experiments import pick_config
+from accel.experiments.words import plural
 from accel.infobatch import InfoBatch
 from accel.models.vision import ConvNet1D
 
@@ -506,11 +507,6 @@ def _pm(mean: float, std: float, n: int, digits: int = 2, sign: bool = False, un
     """``mean ± std`` over ``n`` seeds, or ``mean (n = 1)`` for a single seed (no spread to show)."""
     value = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
     return f"{value}{unit} (n = 1)" if n < 2 else f"{value} ± {std:.{digits}f}{unit}"
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``"1 seed"``, ``"3 seeds"``: a count with its noun in the right number."""
-    return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
 def _values(xs) -> str:

@@ -34,6 +34,7 @@ from torch import nn
 
 from accel.datasets.text import TextCorpus, ValidationWindows, load_corpus, random_windows
 from accel.experiments import pick_config
+from accel.experiments.words import number_text, plural
 from accel.models.lm import FeedForward, TransformerLM
 from accel.moe import expert_capacity
 
@@ -910,13 +911,6 @@ def seed_sign_text(d: dict, arm: str) -> str:
     return f"{arm} is worse on {worse} of the {n} seeds and better on {better}"
 
 
-def number_text(value: float, digits: int = 2) -> str:
-    """A number as the book's tables print it: thousands separators, no decimals on a whole number from 1,000."""
-    if float(value).is_integer() and abs(value) >= 1000:
-        return f"{int(value):,}"
-    return f"{value:,.{digits}f}"
-
-
 def difference_text(d: dict, digits: int = 3) -> str:
     """A :func:`paired_difference` as ``+0.012 ± 0.020`` (mean ± std of the per-seed differences), or
     ``+0.012 (n = 1)`` for a single seed."""
@@ -933,11 +927,6 @@ STRESSOR_WHY = {  # id -> what the stressor pushes on, for the chapter's list of
     "no_norm": "the router sees the raw residual stream, without the normalisation before it",
     "longer": "twice the steps, so the logits have longer to grow",
 }
-
-
-def plural(n: int, word: str) -> str:
-    """``1 seed`` / ``3 seeds``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def stressor_list_text(cfg: Config) -> str:

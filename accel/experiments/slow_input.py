@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import default_collate
 
 from accel.echo import echo_batches, echoing_loader
+from accel.experiments.words import plural
 
 Step = Callable[[torch.Tensor, torch.Tensor], object]  # step(x, y): one training step on a batch (augmentation too)
 
@@ -280,11 +281,6 @@ def kink_sides(rows: list[dict]) -> dict[str, int]:
 
 
 # --- words for measured numbers (chapters 00 and 02) -------------------------------------------------------------
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """"1 seed", "3 seeds": ``count`` with ``word`` in the number it needs (``words``: an irregular plural)."""
-    return f"{count:,} {word if count == 1 else (words or word + 's')}"
-
 
 def value_range(values: Sequence[float], digits: int = 2) -> str:
     """"0.58" for one value (or equal ones), "0.58–0.69" for several."""
