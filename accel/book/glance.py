@@ -109,6 +109,14 @@ def at_a_glance(results: Results | dict, *, show: bool = True) -> str | None:
               f"seed {data.get('seed')}; "
               f"{_duration(float(data.get('wall_time_s') or 0))} from set-up to this cell; "
               f"started {data.get('started')}."]
+    plan = data.get("plan")
+    if plan and plan.get("estimate_s") is not None:
+        lines[-1] += (f" Estimated beforehand: {_duration(float(plan['estimate_s']))}"
+                      + (f"; trimmed to a {plan['budget_minutes']:g}-minute budget: {'; '.join(plan['trimmed'])}"
+                         if plan.get("trimmed") else "") + ".")
+    if data.get("replayed_from"):
+        lines[-1] += (f" Rendered from the recorded run `{data['replayed_from']}` in "
+                      f"{_duration(float(data.get('render_time_s') or 0))}, without training.")
     text = "\n".join(lines)
     if show:
         _display_markdown(text)

@@ -7,7 +7,12 @@ Schema (tests/reference/*.smoke.json compare against ``metrics``, ``tables`` and
      "tables":  {name: {"title", "columns": [...], "rows": [[...]], "note"}},
      "claims":  {name: {"passed": bool|None, "detail": str, "compare": bool}},
      "key_results": [{"label", "this_run", "paper"}],
-     "ledger": {"title", "baseline", "arm", "row": {column: value}}}  # the chapter's headline ledger row
+     "ledger": {"title", "baseline", "arm", "row": {column: value}},  # the chapter's headline ledger row
+     "plan": {"estimate_s", "parts_s", "basis", "budget_minutes", "trimmed"},  # the run-time estimate, the trims
+     "replay": {key: encoded value}}  # what the chapter's long computations returned (accel.experiments.replay)
+
+A chapter rendered from a recorded run (``RESULTS_FROM``) keeps the recorded run's provenance (profile, device,
+versions, commit, seed, wall time, plan) and adds ``"replayed_from"`` and ``"render_time_s"``.
 
 ``abs``/``rel`` are the tolerances the chapter declares for its smoke regression: a metric that depends on timing gets
 a wide one, a metric that depends only on seeds a tight one, and None means "not compared". A claim's ``passed`` is
@@ -188,8 +193,31 @@ class Results:
         self.save()
         return table
 
+    def plan(self, plan: dict) -> None:
+        """Record the run-time estimate and what the budget trimmed (``accel.book.budget``)."""
+        self.data["plan"] = _checked(plan, "plan")
+        self.save()
+
+    def replay_value(self, key: str, encoded: Any) -> None:
+        """Record what one of the chapter's long computations returned (encoded by ``accel.experiments.replay``)."""
+        self.data.setdefault("replay", {})[key] = encoded
+        self.save()
+
+    def replayed_from(self, recorded: dict, source: str) -> None:
+        """Take the provenance of the recorded run this chapter renders."""
+        for key in ("profile", "device", "versions", "git_commit", "seed", "started", "wall_time_s", "plan"):
+            if key in recorded:
+                self.data[key] = recorded[key]
+        self.data["replayed_from"] = source
+        self.save()
+
+    @property
+    def replayed(self) -> bool:
+        return "replayed_from" in self.data
+
     def save(self) -> None:
-        self.data["wall_time_s"] = round(time.perf_counter() - self._started, 3)
+        elapsed = round(time.perf_counter() - self._started, 3)
+        self.data["render_time_s" if self.replayed else "wall_time_s"] = elapsed
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
