@@ -226,7 +226,8 @@ def _planned(book: Book, cfg, cost_model, probe_args, trims, budget_minutes, qui
         elif trimmed:
             over = estimate.seconds > 60 * budget_minutes
             print(f"Budget {budget_minutes:g} min: trimmed {'; '.join(trimmed)}; estimate now "
-                  f"{minutes(estimate.seconds)}" + (" (the smallest this chapter allows; still above the budget)." if over else "."))
+                  f"{minutes(estimate.seconds)}"
+                  + (" (the smallest this chapter allows; still above the budget)." if over else "."))
         else:
             print(f"Budget {budget_minutes:g} min: fits, nothing trimmed.")
     return cfg
