@@ -11,7 +11,7 @@ PROFILE    ?= auto
 PIP        := $(PY) -m pip --disable-pip-version-check -q
 CHROMIUM   := /usr/bin/chromium
 
-.PHONY: book test lab verify references spread outputs setup clean
+.PHONY: book test lab verify references spread outputs gpu-check setup clean
 
 setup: $(STAMP)
 
@@ -34,7 +34,7 @@ $(CHROMIUM):
 		echo "note: the browser test needs $(CHROMIUM); install it as root: apt-get install --no-install-recommends chromium"; \
 	fi
 
-## make book: execute every chapter (profile auto; ACCEL_PROFILE=smoke|cpu|paper overrides) into build/
+## make book: execute every chapter (profile auto: gpu on CUDA, else cpu; ACCEL_PROFILE=smoke|cpu|gpu|paper overrides) into build/
 book: $(STAMP)
 	$(PY) -m accel.book.build --profile $(PROFILE)
 
@@ -63,6 +63,11 @@ spread: $(STAMP)
 ## make outputs: re-execute the committed notebooks in place (profile cpu unless PROFILE=...), for committing
 outputs: $(STAMP)
 	$(PY) -m accel.book.build --inplace --profile $(if $(filter auto,$(PROFILE)),cpu,$(PROFILE))
+
+## make gpu-check: on a CUDA machine, every chapter in the gpu profile and every benchmark on the GPU, recorded as
+## data/results/*.gpu.json (device, versions, commit, seconds); refuses to start without CUDA
+gpu-check: $(STAMP)
+	$(PY) -m accel.book.gpu_check
 
 clean:
 	rm -rf build $(VENV)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from accel.book.regression import compare, load, reference_path, run_smoke
+from accel.book.regression import compare, load, reference_path, render_recorded, run_smoke
 from accel.book.verify import checked_cell_problems, prose_problems
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,11 +23,28 @@ def smoke_results(tmp_path_factory, smoke_timings):
 
     def run(notebook: Path) -> dict:
         if notebook not in cache:
-            cache[notebook] = run_smoke(notebook, tmp_path_factory.mktemp(notebook.stem))
+            out_dir = tmp_path_factory.mktemp(notebook.stem)
+            cache[notebook] = run_smoke(notebook, out_dir)
+            cache[notebook]["_path"] = str(out_dir / f"{notebook.stem}.smoke.json")
             smoke_timings.append((notebook.stem, cache[notebook]["wall_time_s"]))
         return cache[notebook]
 
     return run
+
+
+RENDERED = ("tables", "claims", "key_results", "ledger", "profile", "seed", "git_commit", "device")
+
+
+def _rendered_problems(rendered: dict, recorded: dict) -> list[str]:
+    """Where a chapter rendered from a recorded run (RESULTS_FROM) shows other results than the run recorded."""
+    problems = [f"{key} differs from the recorded run's" for key in RENDERED if rendered.get(key) != recorded.get(key)]
+    values = {name: m["value"] for name, m in rendered["metrics"].items()}
+    recorded_values = {name: m["value"] for name, m in recorded["metrics"].items()}
+    problems += [f"metric {name}: {values.get(name)} rendered, {value} recorded"
+                 for name, value in recorded_values.items() if values.get(name) != value]
+    if not rendered.get("replayed_from"):
+        problems.append("the rendered results do not say which recorded run they show (replayed_from)")
+    return problems
 
 
 def test_there_are_chapters():
@@ -69,6 +86,28 @@ def test_perturbed_reference_is_caught(notebook, smoke_results):
         bad = copy.deepcopy(reference)
         bad["claims"][name] = not passed
         assert compare(results, bad)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_smoke_run_renders_again_from_its_results_file(notebook, smoke_results, tmp_path):
+    """RESULTS_FROM: the chapter re-drawn from its recorded smoke run shows the same tables, claims and numbers."""
+    recorded = smoke_results(notebook)
+    rendered = render_recorded(notebook, Path(recorded["_path"]), tmp_path)
+    problems = _rendered_problems(rendered, recorded)
+    assert not problems, "\n".join(problems)
+    assert _rendered_problems({**rendered, "claims": {}}, recorded), "a changed claim should be caught"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_cpu_run_renders_from_its_results_file(notebook, tmp_path, smoke_timings):
+    """A reader without time to train renders the committed cpu run (data/results/<chapter>.cpu.json) without
+    training: the same tables, claims and numbers. Its time is reported in the summary, not asserted."""
+    source = ROOT / "data" / "results" / f"{notebook.stem}.cpu.json"
+    recorded = load(source)
+    rendered = render_recorded(notebook, source, tmp_path)
+    smoke_timings.append((f"{notebook.stem} rendered from its cpu results", rendered["render_time_s"]))
+    problems = _rendered_problems(rendered, recorded)
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)

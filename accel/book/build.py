@@ -1,6 +1,6 @@
 """Execute the chapters with papermill and print each one's key result beside the paper's (``make book``).
 
-    python -m accel.book.build [--profile auto] [--out build] [notebooks/01_infobatch.ipynb ...]
+    python -m accel.book.build [--profile auto] [--out build] [--results-from PATTERN] [notebooks/01_x.ipynb ...]
 
 Each chapter runs in a fresh kernel with ``PROFILE`` and ``RESULTS_PATH`` injected; ``ACCEL_PROFILE`` in the
 environment overrides the profile inside the chapter. Executed notebooks land in ``<out>/``, results in
@@ -46,8 +46,10 @@ def _environment(**values: str):
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
-def execute(notebook: Path, out_dir: Path, profile: str, timeout: int | None = None) -> tuple[Path, float]:
-    """Run one chapter; returns (results path, seconds). Papermill shows a progress bar over the chapter's cells."""
+def execute(notebook: Path, out_dir: Path, profile: str, timeout: int | None = None,
+            results_from: Path | None = None) -> tuple[Path, float]:
+    """Run one chapter; returns (results path, seconds). Papermill shows a progress bar over the chapter's cells.
+    ``results_from``: render the run recorded in that results file instead of training (RESULTS_FROM)."""
     import papermill
 
     results_path = out_dir / "results" / f"{notebook.stem}.json"
@@ -58,7 +60,8 @@ def execute(notebook: Path, out_dir: Path, profile: str, timeout: int | None = N
         papermill.execute_notebook(
             str(notebook),
             str(out_dir / notebook.name),
-            parameters={"PROFILE": profile, "RESULTS_PATH": str(results_path)},
+            parameters={"PROFILE": profile, "RESULTS_PATH": str(results_path),
+                        **({"RESULTS_FROM": str(Path(results_from).resolve())} if results_from else {})},
             kernel_name="python3",
             progress_bar={"desc": notebook.stem, "unit": "cell"},
             cwd=str(notebook.parent),
@@ -133,10 +136,13 @@ def summary(rows: list[tuple[str, float, dict]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", help="chapters to run (default: every notebooks/NN_*.ipynb)")
-    parser.add_argument("--profile", default="auto", help="auto | smoke | cpu | paper (ACCEL_PROFILE overrides)")
+    parser.add_argument("--profile", default="auto", help="auto | smoke | cpu | gpu | paper (ACCEL_PROFILE overrides)")
     parser.add_argument("--out", default=str(ROOT / "build"), help="folder for executed notebooks and results")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     parser.add_argument("--inplace", action="store_true", help="re-execute the committed notebooks in place")
+    parser.add_argument("--results-from", default=None, metavar="PATTERN",
+                        help="render recorded runs without training: a results file per chapter, '{stem}' standing "
+                             "for the chapter's name, e.g. 'data/results/{stem}.gpu.json'")
     parser.add_argument("--force", action="store_true", help="with --inplace: overwrite uncommitted notebook edits")
     args = parser.parse_args(argv)
 
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.inplace:
             results_path, seconds = execute_inplace(notebook, profile, args.force)
         else:
-            results_path, seconds = execute(notebook, out_dir, profile, args.timeout)
+            source = Path(args.results_from.format(stem=notebook.stem)) if args.results_from else None
+            results_path, seconds = execute(notebook, out_dir, profile, args.timeout, results_from=source)
         rows.append((notebook.stem, seconds, json.loads(results_path.read_text())))
     print(summary(rows))
     print(f"\nExecuted notebooks and results files: {ROOT / 'notebooks' if args.inplace else out_dir}")

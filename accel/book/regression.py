@@ -104,6 +104,22 @@ def diff_references(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
     return lines
 
 
+def render_recorded(notebook: Path, results_from: Path, out_dir: Path) -> dict[str, Any]:
+    """Execute ``notebook`` rendering the run recorded in ``results_from`` (RESULTS_FROM: no training) and return the
+    results file it writes."""
+    import papermill
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / f"{notebook.stem}.rendered.json"
+    results_path.unlink(missing_ok=True)
+    papermill.execute_notebook(
+        str(notebook), str(out_dir / notebook.name), kernel_name="python3", cwd=str(notebook.parent),
+        parameters={"RESULTS_FROM": str(Path(results_from).resolve()), "RESULTS_PATH": str(results_path)},
+        progress_bar=False,
+    )
+    return load(results_path)
+
+
 def run_smoke(notebook: Path, out_dir: Path, seed: int = 0) -> dict[str, Any]:
     """Execute ``notebook`` in the smoke profile (a fresh kernel, ACCEL_PROFILE ignored) and return its results.
     The references come from ``seed=0``; other seeds measure how far a seed-driven metric moves (accel.book.spread)."""
