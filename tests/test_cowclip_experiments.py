@@ -1,14 +1,25 @@
 """Chapter 03's experiment functions (accel.experiments.cowclip) on a tiny synthetic set."""
 
+import hashlib
 import json
 import math
+import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+from _serve import closed_port_url, serve  # tests/_serve.py
 
+from accel.datasets.cache import ChecksumError
+from accel.datasets.criteo import CRITEO_URL, MalformedLinesWarning
 from accel.datasets.ctr import SyntheticCTRSpec
 from accel.experiments import cowclip as chapter
+from accel.experiments import replay
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 TINY = replace(
     chapter.config("smoke"),
@@ -21,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_profiles_exist_and_validate():
-    for profile in ("smoke", "cpu", "paper"):
+    for profile in ("smoke", "cpu", "gpu", "paper"):
         cfg = chapter.config(profile)
         assert cfg.base_batch * max(cfg.multipliers) <= (cfg.data.train_rows if cfg.dataset == "synthetic" else 1e9)
     assert max(chapter.config("cpu").multipliers) == 128  # the issue's 128x range
@@ -238,3 +249,232 @@ def test_display_helpers():
     runs = {name: [chapter.Run(name, 0, {}, auc, 0.0, [], 1, 1, 1.0, 0.0, None)]
             for name, auc in (("none ×8", 0.5), ("sqrt ×8", 0.6), ("linear ×8", 0.65))}
     assert chapter.strongest_rule(runs, 8) == ("linear", 0.65)
+
+
+# --- the gpu profile, Criteo's download and its fallback, the time budget and replay -------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "fixtures"
+CRITEO_FIXTURE = "criteo_mini.tar.gz"  # 300 lines in the real archive's layout: 263 train / 30 test rows once parsed
+
+
+def _gpu_on_fixture(url: str, **overrides):
+    """The gpu profile's code path (DeepFM, paper recipe, Criteo from a URL) shrunk to the mini archive: batches 32,
+    64 and 128 over 263 training rows (8, 4 and 2 steps an epoch), one seed, 3 step-matched steps."""
+    shrunk = dict(criteo_url=url, criteo_rows=None, base_batch=32, multipliers=(2, 4), hf_multipliers=(4,),
+                  hf_min_count=2, mlp_dims=(8,), step_matched_steps=3, sweep=((0.1, 1e-5),), other_models=("dcn",),
+                  eval_batch=1024)  # fmt: skip
+    return chapter.config("gpu", **{**shrunk, **overrides})
+
+
+@pytest.fixture
+def criteo_env(tmp_path, monkeypatch):
+    """A fresh cache folder, no local Criteo copy, no loaded Criteo in this process."""
+    monkeypatch.setenv("ACCEL_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(chapter.CRITEO_PATH_ENV, raising=False)
+    chapter._cached_criteo.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MalformedLinesWarning)  # the fixture's 7 malformed lines, on purpose
+        yield tmp_path / "cache"
+    chapter._cached_criteo.cache_clear()
+
+
+def test_gpu_profile_is_the_paper_recipe_on_downloaded_criteo():
+    gpu, paper = chapter.config("gpu"), chapter.config("paper")
+    assert gpu.dataset == paper.dataset == "criteo" and gpu.criteo_url == paper.criteo_url == CRITEO_URL
+    assert (gpu.model, gpu.mlp_dims, gpu.embed_dim, gpu.base_batch) == ("deepfm", (400, 400, 400), 10, 1024)
+    assert (gpu.base_lr, gpu.base_embed_lr, gpu.base_l2) == (paper.base_lr, paper.base_embed_lr, paper.base_l2)
+    assert max(gpu.multipliers) == 128 and gpu.workers == 0 and paper.criteo_rows is None
+    largest = gpu.base_batch * max(gpu.multipliers)
+    assert largest * 20 <= 0.9 * gpu.criteo_rows  # 20+ steps an epoch at the largest batch on the training split
+    assert largest * 10 <= gpu.data.train_rows  # and on the synthetic stand-in
+    assert gpu.step_matched_steps > gpu.epochs * (0.9 * gpu.criteo_rows // largest)  # step-matched: more steps
+
+
+def test_gpu_code_path_on_the_criteo_fixture(criteo_env, capsys):
+    """Every part of the gpu profile on CPU, through a local HTTP server: download (trusted on first use), the
+    probe, the overview, every run_arms call of the chapter (one or a few steps each)."""
+    with serve(FIXTURES) as base:
+        cfg = _gpu_on_fixture(f"{base}/{CRITEO_FIXTURE}")
+        resolved, note = chapter.data_source(cfg)
+    record = criteo_env / f"{CRITEO_FIXTURE}.sha256"
+    assert resolved == cfg and "Criteo Kaggle, all labelled lines" in note and "263 training and 30 test rows" in note
+    assert f"first download: sha256 {_sha(FIXTURES / CRITEO_FIXTURE)} recorded in {record}" in note
+    assert f"first download: sha256 {_sha(FIXTURES / CRITEO_FIXTURE)}" in capsys.readouterr().out  # said as it happens
+    # the server is gone: everything below reads the archive checked against the record
+    estimate = chapter.cost_model(cfg)(cfg)
+    assert set(estimate.parts) == {"A1 Table 1", "A2 recipe", "A3 steps vs epochs", "A4 models", "B4 sweep"}
+    assert all(seconds > 0 for seconds in estimate.parts.values()) and "batch 32" in estimate.basis
+    view = chapter.overview(cfg, seed=0)
+    assert (view.name, view.train_rows, view.test_rows, view.num_fields, view.limits) == ("criteo", 263, 30, 26, None)
+    assert list(view.updates) == [32, 64, 128] and len(view.curves) == 3
+    cache = {}
+    for part, desc, arms, seeds in chapter.run_plan(cfg):
+        runs = chapter.run_arms(cfg, arms, seeds, desc=desc, show_progress=False, cache=cache)
+        assert list(runs) == [arm.name for arm in arms], desc
+        for name, arm_runs in runs.items():
+            assert all(0 < r.auc < 1 and r.steps >= 1 for r in arm_runs), (part, name)
+    assert "noise" not in chapter.step_variants(cfg) and chapter.regime_groups(cfg) == []
+    assert max(r.steps for r in cache.values()) == 8  # the base batch's epoch; ×4 gets 2 steps an epoch
+
+
+@pytest.mark.parametrize("failure", ["404", "closed port"])
+def test_no_criteo_falls_back_to_the_twin_with_a_note(criteo_env, failure):
+    if failure == "closed port":
+        cfg = _gpu_on_fixture(closed_port_url(CRITEO_FIXTURE))
+        resolved, note = chapter.data_source(cfg)
+    else:
+        with serve(FIXTURES) as base:
+            cfg = _gpu_on_fixture(f"{base}/no-such-archive.tar.gz")
+            resolved, note = chapter.data_source(cfg)
+    assert resolved == replace(cfg, dataset="synthetic") and resolved.data == chapter.CRITEO_TWIN
+    assert note.startswith("Criteo could not be downloaded (Could not download ")
+    assert ("HTTP 404" in note) == (failure == "404")
+    assert "ACCEL_CRITEO_PATH" in note and "synthetic twin" in note and f"download {cfg.criteo_url} where" in note
+    assert not list(criteo_env.glob("*.tar.gz*")) and not list(criteo_env.glob(".part-*"))  # nothing half-written
+
+
+def test_without_network_the_gpu_profile_falls_back_and_says_how_to_get_criteo(criteo_env, monkeypatch):
+    import urllib.error
+
+    from accel.datasets import criteo
+
+    def offline(url, timeout):
+        assert url == CRITEO_URL  # the gpu profile goes to Criteo's public archive
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(criteo.urllib.request, "urlopen", offline)
+    resolved, note = chapter.data_source(chapter.config("gpu"))
+    assert resolved == replace(chapter.config("gpu"), dataset="synthetic")
+    assert "Temporary failure in name resolution" in note and f"download {CRITEO_URL} (4,576,820,670 bytes)" in note
+    assert "set the environment variable ACCEL_CRITEO_PATH to that file" in note
+    assert not list(criteo_env.iterdir())  # no partial archive, no record
+
+
+def test_a_changed_criteo_archive_stops_the_chapter(criteo_env):
+    with serve(FIXTURES) as base:
+        cfg = _gpu_on_fixture(f"{base}/{CRITEO_FIXTURE}")
+        chapter.data_source(cfg)
+    archive = criteo_env / CRITEO_FIXTURE
+    archive.write_bytes(archive.read_bytes() + b"\0")
+    chapter._cached_criteo.cache_clear()  # a later run
+    with pytest.raises(ChecksumError, match=f"{archive} has sha256 .*recorded sha256 .*left untouched"):
+        chapter.data_source(cfg)  # not a fallback: a changed file is an error
+
+
+def test_a_local_copy_named_by_the_environment(criteo_env, monkeypatch):
+    monkeypatch.setenv(chapter.CRITEO_PATH_ENV, str(criteo_env / "missing.tar.gz"))
+    cfg = _gpu_on_fixture(closed_port_url(CRITEO_FIXTURE))  # never contacted
+    with pytest.raises(FileNotFoundError, match="Invalid environment variable ACCEL_CRITEO_PATH: .*missing.tar.gz"):
+        chapter.data_source(cfg)
+    monkeypatch.setenv(chapter.CRITEO_PATH_ENV, str(FIXTURES / CRITEO_FIXTURE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the copy has no known checksum: its hash goes to the manifest
+        resolved, note = chapter.data_source(cfg)
+    assert resolved == cfg and f"read from {FIXTURES / CRITEO_FIXTURE} ($ACCEL_CRITEO_PATH)" in note
+
+
+def _fake_probe(monkeypatch, step_s=lambda batch: 0.01 + 1e-5 * batch, row_s=1e-6):
+    """Replace the timed parts of the probe with fixed numbers (no test asserts on measured time)."""
+    monkeypatch.setattr(chapter, "_time_steps",
+                        lambda cfg, data, multiplier, device, generator, steps: step_s(cfg.base_batch * multiplier))
+    monkeypatch.setattr(chapter, "_time_eval", lambda cfg, data, device: row_s)
+
+
+def test_cost_model_scales_with_seeds_epochs_and_steps(monkeypatch):
+    _fake_probe(monkeypatch)
+    cfg = replace(TINY, seeds=(0,), table1_seeds=(0,), step_matched_seeds=(0,), epochs=1, step_matched_steps=20)
+    estimate = chapter.cost_model(cfg)
+    one = estimate(cfg)
+    assert set(one.parts) == {"A1 Table 1", "A2 recipe", "A3 steps vs epochs", "A4 models", "B4 sweep"}
+    assert "a step at batch 32 10.3 ms, at 512 15 ms" in one.basis
+    steps = 4000 // 32  # the base batch's epoch, at 10 ms + 10 µs a sample, plus one evaluation of 2,000 rows
+    assert estimate(cfg) == one  # the same config, the same numbers
+    a1 = one.parts["A1 Table 1"]
+    expected_base = steps * (0.01 + 1e-5 * 32) + 2000 * 1e-6
+    assert a1 > expected_base and math.isclose(estimate(replace(cfg, epochs=2)).parts["A1 Table 1"], 2 * a1)
+    three = estimate(replace(cfg, seeds=(0, 1, 2)))
+    assert math.isclose(three.parts["A4 models"], 3 * one.parts["A4 models"])
+    assert three.parts["A1 Table 1"] == a1  # Table 1 has its own seeds
+    longer = estimate(replace(cfg, step_matched_steps=40)).parts["A3 steps vs epochs"]
+    assert longer > one.parts["A3 steps vs epochs"]
+    assert math.isclose(estimate(replace(cfg, workers=2)).seconds, one.seconds / 2)
+
+
+def test_book_fit_trims_the_chapter_to_a_budget_and_says_so(tmp_path, monkeypatch, capsys):
+    from accel.book import start
+
+    _fake_probe(monkeypatch, step_s=lambda batch: 0.5 + 1e-3 * batch)  # a slow device: minutes per section
+    book = start("smoke", 0, notebook="03_cowclip", results_path=tmp_path / "r.json", style=False, quiet=True)
+    try:
+        cfg = replace(TINY, seeds=(0, 1, 2), table1_seeds=(0, 1), epochs=3)
+        full = chapter.cost_model(cfg)(cfg).seconds
+        fitted = book.fit(cfg, chapter.cost_model, trims=chapter.TRIMS, budget_minutes=full / 60 / 4)
+        out = capsys.readouterr().out
+        assert "Estimated run time on this device, profile smoke" in out
+        assert "trimmed seeds 3 (0, 1, 2) → 1 (0)" in out and fitted.seeds == (0,)
+        assert fitted.table1_seeds == (0,) and fitted.epochs < 3 and fitted.multipliers == cfg.multipliers
+        plan = json.loads((tmp_path / "r.json").read_text())["plan"]
+        assert plan["trimmed"][0] == "seeds 3 (0, 1, 2) → 1 (0)" and plan["estimate_s"] <= full / 4 + 1e-6
+    finally:
+        replay.begin()
+
+
+def test_recorded_results_round_trip_through_json():
+    """What the notebook reads from each replayable call survives the results file (replay.encode / decode)."""
+
+    def round_trip(value):
+        return replay.decode(json.loads(json.dumps(replay.encode(value))))
+
+    cfg = TINY
+    runs = chapter.run_arms.__wrapped__(cfg, chapter.cowclip_arms(cfg), (0,), show_progress=False)
+    back = round_trip(runs)
+    assert list(back) == list(runs)
+    for name in runs:
+        assert back[name] == runs[name]  # every field: AUCs, curves (tuples), hparams, bucket counts, seconds
+    assert chapter.binding_rows(back) == chapter.binding_rows(runs)
+    assert chapter.ledger_curves(back[name]) == chapter.ledger_curves(runs[name])
+    view = chapter.overview.__wrapped__(cfg, seed=0)
+    again = round_trip(view)
+    for f in ("name", "train_rows", "test_rows", "field_dims", "limits", "bucket_id_share", "bucket_row_share",
+              "update_centres", "updates"):
+        assert getattr(again, f) == getattr(view, f), f
+    assert list(again.curves) == list(view.curves)
+    for label, (ranks, counts) in view.curves.items():
+        np.testing.assert_array_equal(again.curves[label][0], ranks)
+        np.testing.assert_array_equal(again.curves[label][1], counts)
+    assert round_trip(chapter.data_source.__wrapped__(chapter.config("smoke"))) == (chapter.config("smoke"), None)
+    assert len(json.dumps(replay.encode(view))) < 20_000  # compact: log-spaced ranks, not every ID
+
+
+def test_overview_curves_are_log_spaced_samples_of_the_counts():
+    data = chapter.load_data(TINY)
+    view = chapter.overview.__wrapped__(TINY, seed=0)
+    pooled = np.sort(np.concatenate(chapter.id_counts(data.train.ids, data.field_dims)))[::-1]
+    seen = pooled[pooled > 0]
+    ranks, counts = view.curves["all fields"]
+    assert ranks[0] == 1 and ranks[-1] == len(seen) and np.all(np.diff(ranks) > 0) and len(ranks) <= 400
+    np.testing.assert_array_equal(counts, seen[ranks - 1])
+    assert view.limits["signal"] == chapter.bayes(TINY) and set(view.limits) == {"signal", "hf", "noise"}
+
+
+def test_run_plan_is_what_the_notebook_runs():
+    """The cost model counts the runs of run_plan; the notebook must train exactly those: its run_arms calls take
+    their arms from the same helpers, in the same order."""
+    import re
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "03_cowclip.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    calls = re.findall(r"chapter\.run_arms\(cfg, chapter\.(\w+)\(cfg(?:, \"(\w+)\"|, clip=(\w+))?|"
+                       r"for desc, arms, seeds in chapter\.(\w+)\(cfg\)", code)
+    used = [(helper or loop, variant or clip) for helper, variant, clip, loop in calls]
+    assert used == [("table1_arms", "signal"), ("table1_arms", "hf"), ("cowclip_arms", "True"),
+                    ("cowclip_arms", "False"), ("plain_arms", ""), ("regime_groups", ""), ("step_matched_groups", ""),
+                    ("model_arms", ""), ("sweep_arms", "")]  # fmt: skip
+    cfg = chapter.config("smoke")
+    expected = [chapter.table1_arms(cfg, "signal"), chapter.table1_arms(cfg, "hf", cfg.hf_multipliers),
+                chapter.cowclip_arms(cfg, clip=True), chapter.cowclip_arms(cfg, clip=False), chapter.plain_arms(cfg),
+                *(arms for _, arms, _ in chapter.regime_groups(cfg)),
+                *(arms for _, arms, _ in chapter.step_matched_groups(cfg)),
+                chapter.model_arms(cfg), chapter.sweep_arms(cfg)]  # fmt: skip
+    assert [arms for _, _, arms, _ in chapter.run_plan(cfg)] == expected

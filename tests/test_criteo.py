@@ -24,10 +24,12 @@ import numpy as np
 import pytest
 import torch
 from _parts import killed_parts, start_part_owner, stop  # tests/_parts.py
+from _serve import closed_port_url, serve  # tests/_serve.py
 
 from accel.datasets import criteo
-from accel.datasets.cache import ChecksumError
+from accel.datasets.cache import ChecksumError, DownloadError
 from accel.datasets.criteo import (
+    CRITEO_ARCHIVE_BYTES,
     CRITEO_URL,
     MISSING,
     CTRFormatError,
@@ -552,9 +554,12 @@ def test_avazu_kaggle_layouts_and_header(tmp_path):
 def test_defaults_say_how_to_get_the_data(tmp_path):
     assert CRITEO_URL == "https://go.criteo.net/criteo-research-kaggle-display-advertising-challenge-dataset.tar.gz"
     assert criteo.CRITEO_SHA256 is None and criteo.CRITEO_ROWS == 45_840_617 and criteo.AVAZU_ROWS == 40_428_967
-    with pytest.raises(ValueError, match="publishes no checksum") as info:
-        load_criteo(tmp_path)
-    assert "path=" in str(info.value) and "4,576,820,670" in str(info.value) and CRITEO_URL in str(info.value)
+    # No checksum is published: no ValueError any more, the default is a download trusted on first use; without one:
+    with pytest.raises(FileNotFoundError, match="download=False") as info:
+        load_criteo(tmp_path, download=False)
+    message = str(info.value)
+    assert CRITEO_URL in message and "4,576,820,670 bytes" in message and "recorded on first use" in message
+    assert str(tmp_path / CRITEO_URL.rsplit("/", 1)[1]) in message and "path=" in message
     with pytest.raises(FileNotFoundError, match="download=False") as info:
         load_criteo(tmp_path, sha256="a" * 64, download=False)
     assert str(tmp_path / CRITEO_URL.rsplit("/", 1)[1]) in str(info.value)
@@ -563,6 +568,137 @@ def test_defaults_say_how_to_get_the_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a file"):
         load_criteo(tmp_path, path=tmp_path / "missing.txt")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ no published checksum: trust on first use
+
+
+def _tofu(root: Path, url: str, **kwargs) -> criteo.CTRData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MalformedLinesWarning)
+        return load_criteo(root, url=url, **{"progress": False, **kwargs})
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Everything a failed download could have left in root: parts, an archive, a record."""
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def test_first_download_records_its_hash_and_later_uses_check_it_offline(tmp_path, capsys, monkeypatch):
+    payload, root = ARCHIVE.read_bytes(), tmp_path / "cache"
+    record = root / f"{fx.CRITEO_MINI_FILE}.sha256"
+    with serve(FIXTURES) as base:
+        url = f"{base}/{fx.CRITEO_MINI_FILE}"
+        data = _tofu(root, url, progress=True, archive_bytes=len(payload))
+    note = f"first download: sha256 {_sha(payload)} recorded in {record}; later runs check it"
+    assert note in capsys.readouterr().out and data.metadata["source_check"] == note
+    assert record.read_text() == f"{_sha(payload)}  {fx.CRITEO_MINI_FILE}\n"  # sha256sum -c format
+    assert (root / fx.CRITEO_MINI_FILE).read_bytes() == payload
+    assert data.metadata["source"]["sha256"] == _sha(payload) and "first use" in data.metadata["source"]["trust"]
+    _assert_matches(data, *_criteo_reference())
+    assert not [p for p in root.iterdir() if p.name.startswith(".part-")]
+
+    # The server is gone. Another build (more rows) reads the archive after checking it against the record; the same
+    # settings reuse the arrays and still check the archive.
+    checks, real = [], criteo.cache.sha256sum
+    monkeypatch.setattr(criteo, "_HASHED", {})  # as in a new process: nothing hashed yet
+    monkeypatch.setattr(criteo.cache, "sha256sum", lambda path: checks.append(path) or real(path))
+    again = _tofu(root, url, download=False, max_rows=100)
+    same = _tofu(root, url, download=False)
+    archive_checks = [path for path in checks if Path(path).name == fx.CRITEO_MINI_FILE]
+    assert len(again.train) + len(again.test) == 100 and archive_checks == [root / fx.CRITEO_MINI_FILE]  # once
+    assert again.metadata["source_check"].endswith(f"matches the hash recorded in {record} at first download")
+    np.testing.assert_array_equal(same.train.ids, data.train.ids)
+    assert same.metadata["folder"] == data.metadata["folder"]
+
+
+def test_a_changed_archive_fails_clearly_and_is_left_untouched(tmp_path):
+    payload, root = ARCHIVE.read_bytes(), tmp_path / "cache"
+    with serve(FIXTURES) as base:
+        url = f"{base}/{fx.CRITEO_MINI_FILE}"
+        _tofu(root, url)
+    archive, record = root / fx.CRITEO_MINI_FILE, root / f"{fx.CRITEO_MINI_FILE}.sha256"
+    tampered = payload[:-1] + bytes([payload[-1] ^ 1])
+    archive.write_bytes(tampered)
+    with pytest.raises(ChecksumError) as info:
+        _tofu(root, url, max_rows=50)
+    message = str(info.value)
+    assert str(archive) in message and str(record) in message and "left untouched" in message
+    assert _sha(tampered) in message and _sha(payload) in message  # both hashes
+    assert archive.read_bytes() == tampered and record.read_text().startswith(_sha(payload))
+    with pytest.raises(ChecksumError, match="left untouched"):  # the arrays built before do not hide it either
+        _tofu(root, url)
+
+    # The archive gone, the record kept: a new download is checked against the recorded hash.
+    archive.unlink()
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / fx.CRITEO_MINI_FILE).write_bytes(tampered)
+    with serve(served) as base, pytest.raises(ChecksumError, match="recorded in .*at the first download"):
+        _tofu(root, f"{base}/{fx.CRITEO_MINI_FILE}", max_rows=50)
+    assert not archive.exists()
+
+
+def test_an_archive_found_in_the_cache_is_recorded_on_first_use(tmp_path):
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / fx.CRITEO_MINI_FILE).write_bytes(ARCHIVE.read_bytes())
+    gone = closed_port_url(fx.CRITEO_MINI_FILE)  # never contacted
+    data = _tofu(root, gone, download=False)
+    assert data.metadata["source_check"].startswith(f"first use of {root / fx.CRITEO_MINI_FILE} (found there")
+    assert (root / f"{fx.CRITEO_MINI_FILE}.sha256").read_text().startswith(_sha(ARCHIVE.read_bytes()))
+    (root / fx.CRITEO_MINI_FILE).write_bytes(ARCHIVE.read_bytes()[:100])
+    (root / f"{fx.CRITEO_MINI_FILE}.sha256").unlink()
+    with pytest.raises(ChecksumError, match=r"has 100 bytes, expected [\d,]+ .*left untouched"):
+        _tofu(root, gone, archive_bytes=ARCHIVE.stat().st_size)
+    assert not (root / f"{fx.CRITEO_MINI_FILE}.sha256").exists()
+
+
+@pytest.mark.parametrize("failure", ["404", "closed port", "dropped"])
+def test_a_failed_download_raises_download_error_and_leaves_nothing(tmp_path, failure):
+    root = tmp_path / "cache"
+    if failure == "closed port":
+        with pytest.raises(DownloadError, match="Could not download .*path="):
+            _tofu(root, closed_port_url(fx.CRITEO_MINI_FILE))
+    else:
+        name = "missing.tar.gz" if failure == "404" else fx.CRITEO_MINI_FILE
+        match = "HTTP 404" if failure == "404" else r"Incomplete download .*received [\d,]+ of [\d,]+ bytes"
+        with serve(FIXTURES, truncate=failure == "dropped") as base, pytest.raises(DownloadError, match=match) as info:
+            _tofu(root, f"{base}/{name}")
+        assert not isinstance(info.value, ChecksumError)  # unavailable, not tampered: a caller may fall back
+    assert _leftovers(root) == []
+
+
+def test_a_size_mismatch_is_caught_before_anything_is_kept(tmp_path):
+    root, size = tmp_path / "cache", ARCHIVE.stat().st_size
+    with serve(FIXTURES) as base, pytest.raises(ChecksumError, match=f"reports {size:,} bytes, expected {size + 1:,}"):
+        _tofu(root, f"{base}/{fx.CRITEO_MINI_FILE}", archive_bytes=size + 1)
+    assert _leftovers(root) == []
+    # the default size is CRITEO_ARCHIVE_BYTES for CRITEO_URL only (other URLs: the server's Content-Length)
+    assert CRITEO_ARCHIVE_BYTES == 4_576_820_670
+
+
+def test_an_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+
+    class Interrupting(io.BytesIO):
+        headers = {"Content-Length": str(10 << 20)}
+
+        def read(self, size=-1):
+            if self.tell() >= 1 << 20:
+                raise KeyboardInterrupt
+            return super().read(size)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(criteo.urllib.request, "urlopen", lambda url, timeout: Interrupting(bytes(10 << 20)))
+    with pytest.raises(KeyboardInterrupt):
+        _tofu(root, "https://example.invalid/criteo.tar.gz")
+    assert _leftovers(root) == []
 
 
 @pytest.mark.parametrize(
@@ -579,6 +715,7 @@ def test_defaults_say_how_to_get_the_data(tmp_path):
         ({"min_count": 0}, "Invalid min_count: 0"),
         ({"sha256": "abc"}, "Invalid sha256: 'abc'"),
         ({"sha256": "g" * 64}, "Invalid sha256: 'ggg"),
+        ({"archive_bytes": 0}, "Invalid archive_bytes: 0"),
         ({"download": "no"}, "Invalid download: 'no'; expected True or False"),
         ({"progress": "yes"}, "Invalid progress: 'yes'; expected True or False"),
         ({"verify": 1}, "Invalid verify: 1; expected True or False"),

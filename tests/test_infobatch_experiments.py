@@ -1,7 +1,9 @@
 """Chapter 01's experiment code: schedules, random-pruning arms, summaries, datasets (small sizes)."""
 
+import json
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,7 +46,13 @@ def test_train_smoke_and_ledger_counts():
     assert ib.history[0]["used"] == n  # epoch 0 prunes nothing
     assert ib.history[1]["used"] < n and ib.history[2]["used"] == n  # 2 >= 0.5 * 3: annealed
     assert ib.used == sum(h["used"] for h in ib.history) and 0 < ib.saved < 0.5
-    assert "scores" in ib.history[1]
+    assert all("scores" not in h and "below_mean" not in h for h in full.history)
+    assert all("scores" not in h for h in ib.history) and ib.history[0]["below_mean"] == 0.0  # all scores equal
+    kept = chapter.train(cfg, data, chapter.infobatch_arm(0.5, 0.5), 0, torch.device("cpu"), score_epochs=(1,))
+    assert [("scores" in h) for h in kept.history] == [False, True, False]
+    scores = kept.history[1]["scores"]
+    assert scores.dtype == np.float32 and scores.shape == (n,)
+    assert kept.history[1]["below_mean"] == float((scores < scores.mean()).mean()) == ib.history[1]["below_mean"]
     again = chapter.train(cfg, data, chapter.infobatch_arm(0.5, 0.5), 0, torch.device("cpu"))
     assert again.accuracy == ib.accuracy and again.used == ib.used  # same seed, same run
     s = chapter.summarize([ib, again], [full])
@@ -93,8 +101,9 @@ def test_mnist1d_caches_and_leaves_global_rng_alone(tmp_path):
     assert math.isclose(float(train.x.std()), 1.0, rel_tol=0.2)
 
 
-def test_paper_profile_path_runs_on_the_cifar_fixture(tmp_path, monkeypatch):
-    """The paper profile (CIFAR-10, ResNet-18, OneCycle, crop + flip) end to end on the real-format fixture, CPU."""
+@pytest.fixture
+def cifar_fixture(tmp_path, monkeypatch):
+    """load_cifar reads the real-format CIFAR-10 fixture (50 training, 10 test images) through a file:// URL."""
     import hashlib
     from functools import partial
     from pathlib import Path
@@ -105,6 +114,19 @@ def test_paper_profile_path_runs_on_the_cifar_fixture(tmp_path, monkeypatch):
     sha = hashlib.sha256(fixture.read_bytes()).hexdigest()
     monkeypatch.setattr(cifar, "load_cifar", partial(cifar.load_cifar, url=fixture.as_uri(), sha256=sha,
                                                      root=tmp_path, progress=False))
+
+
+@pytest.fixture
+def one_thread():
+    """ResNet-18 on a shared 2-core machine: two threads contend (several times slower), one does not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_paper_profile_path_runs_on_the_cifar_fixture(cifar_fixture, one_thread):
+    """The paper profile (CIFAR-10, ResNet-18, OneCycle, crop + flip) end to end on the real-format fixture, CPU."""
     cfg = chapter.config("paper", epochs=2, batch_size=16, seeds=(0,))
     device = torch.device("cpu")
     data = chapter.load_data(cfg, device)
@@ -214,3 +236,138 @@ def test_table4_commentary_compares_the_ingredients_consistently():
                     "+ annealing": [_run("a", anneal)]}
         text = chapter.table4_commentary(table1, ablation)
         assert here in text and "contributes more" in text
+
+
+def _round_trip(value):
+    from accel.experiments import replay
+
+    return replay.decode(json.loads(json.dumps(replay.encode(value))))
+
+
+def _same_runs(a: dict, b: dict) -> bool:
+    """Equal in everything the notebook reads from a run: its fields and every per-epoch entry (arrays exactly)."""
+    assert list(a) == list(b)
+    for name in a:
+        for x, y in zip(a[name], b[name], strict=True):
+            assert (x.arm, x.seed, x.accuracy, x.used, x.total, x.seconds) == (y.arm, y.seed, y.accuracy, y.used,
+                                                                                y.total, y.seconds)
+            assert x.curve == y.curve and x.saved == y.saved
+            for hx, hy in zip(x.history, y.history, strict=True):
+                assert hx.keys() == hy.keys()
+                for key in hx:
+                    if isinstance(hx[key], np.ndarray):
+                        assert hx[key].dtype == hy[key].dtype and np.array_equal(hx[key], hy[key])
+                    else:
+                        assert hx[key] == hy[key]
+    return True
+
+
+def test_gpu_profile_path_runs_every_part_on_the_cifar_fixture(cifar_fixture, one_thread):
+    """The gpu profile (ResNet-18 on class-balanced CIFAR-10 subsets, OneCycle, crop + flip, one Monte-Carlo warm-up
+    epoch) through every part the chapter runs, on the real-format fixture, CPU, shrunk to a step or two each."""
+    cfg = chapter.config("gpu", epochs=2, batch_size=10, train_samples=10, test_samples=10, seeds=(0,), ratios=(0.5,),
+                         sweep_ratios=(0.5,), sweep_deltas=(0.875, 1.0), mc_samples=4, mc_draws=20)
+    device = torch.device("cpu")
+    data = chapter.open_data(cfg, device)
+    estimate = chapter.estimate(cfg, chapter.probe(cfg, data, device, steps=1, warmup=1))  # cost_model's probe, short
+    assert set(estimate.parts) == {"Table 1", "Table 4", "sweeps", "Monte Carlo"}
+    assert all(s > 0 for s in estimate.parts.values()) and "resnet18" in estimate.basis
+    sizes = chapter.data_sizes(data)
+    assert sizes == chapter.DataSizes(10, 10, 10) and torch.bincount(data.y).tolist() == [1] * 10
+    assert data.x.shape == (10, 3, 32, 32)
+    runs = chapter.table1(cfg, data, device, show_progress=False)
+    assert set(runs) == {"full data", "InfoBatch r=0.5", chapter.STATIC, chapter.DYNAMIC}
+    reference = runs[chapter.reference_arm(cfg)][0]
+    assert [("scores" in h) for h in reference.history] == [e in chapter.histogram_epochs(cfg) for e in range(2)]
+    assert reference.history[1]["used"] < 10  # epoch 1 prunes
+    ablation = chapter.table4(cfg, data, device, show_progress=False)
+    assert set(ablation) == set(chapter.ABLATION)
+    sweep = chapter.sweeps(cfg, data, device, known={**runs, **ablation}, show_progress=False)
+    reused = runs["InfoBatch r=0.5"]
+    assert [(r.accuracy, r.used) for r in sweep["ratio"][0.5]] == [(r.accuracy, r.used) for r in reused]
+    assert len(sweep["delta"][1.0]) == 1 and sweep["delta"][1.0][0].history == []  # re-used, and compact
+    mc = chapter.unbiasedness(cfg, data, device, seed=0)
+    assert mc["n"] == 4 and all(0 <= mc[k]["bias"] < 10 for k in mc if k.startswith("prune "))
+    assert _same_runs(_round_trip(runs), runs) and _round_trip(sizes) == sizes
+
+
+def test_recorded_results_round_trip_and_stay_compact(smoke_table1):
+    """What the notebook reads from Table 1 comes back exactly from the results file; only the reference run keeps
+    score arrays, and only in the epochs the histograms show."""
+    cfg, runs = smoke_table1
+    assert _same_runs(_round_trip(runs), runs)
+    reference = chapter.reference_arm(cfg)
+    for name, rs in runs.items():
+        for i, run in enumerate(rs):
+            kept = [h["epoch"] for h in run.history if "scores" in h]
+            assert kept == (chapter.histogram_epochs(cfg) if (name, i) == (reference, 0) else [])
+            assert all("below_mean" in h for h in run.history) == name.startswith("InfoBatch")
+
+
+def test_lazy_data_loads_only_when_used():
+    lazy = chapter.open_data(chapter.config("smoke", dataset="imagenet"), torch.device("cpu"))  # nothing loaded yet
+    with pytest.raises(ValueError, match="Invalid dataset"):
+        _ = lazy.y
+    data = chapter.open_data(chapter.config("smoke"), torch.device("cpu"))
+    assert chapter.data_sizes(data) == chapter.DataSizes(1438, 359, 10) and len(data.y_test) == 359
+
+
+def test_balanced_subset_keeps_order_and_classes():
+    y = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1, 2])
+    x = torch.arange(9.0)
+    sx, sy = chapter.balanced_subset(x, y, 6)
+    assert sy.tolist() == [0, 1, 0, 1, 2, 2] and sx.tolist() == [0, 1, 2, 3, 4, 5]
+    assert chapter.balanced_subset(x, y, 0)[1] is y and chapter.balanced_subset(x, y, 100)[1] is y
+    with pytest.raises(ValueError, match="Invalid sample count"):
+        chapter.balanced_subset(x, y, -1)
+
+
+def _fake_probe(cfg, data, device, steps=3):
+    return chapter.Probe(step_s=0.01, batch=cfg.batch_size, eval_s=1e-5, draw_s=1e-3, mc_draw_s=1e-4, train=9600,
+                         test=2400)
+
+
+def test_estimate_scales_with_seeds_epochs_and_sweeps(monkeypatch):
+    monkeypatch.setattr(chapter, "probe", _fake_probe)
+    cfg = chapter.config("cpu")
+    estimate = chapter.cost_model(cfg, None, torch.device("cpu"))
+    base = estimate(cfg)
+    one_seed = estimate(replace(cfg, seeds=(0,)))
+    assert one_seed.parts["Table 1"] == pytest.approx(base.parts["Table 1"] / 3)
+    assert one_seed.parts["Table 4"] == pytest.approx(base.parts["Table 4"] / 3)
+    assert one_seed.parts["Monte Carlo"] == base.parts["Monte Carlo"]
+    longer = estimate(replace(cfg, epochs=80))
+    for part in ("Table 1", "Table 4", "sweeps"):
+        assert 1.9 < longer.parts[part] / base.parts[part] < 2.1
+    # sweep settings that Table 1 already ran at its seeds cost nothing more; a sweep seed outside them does
+    known = replace(cfg, sweep_ratios=cfg.ratios, sweep_deltas=(cfg.delta,), sweep_seeds=cfg.seeds[:1])
+    assert estimate(known).parts["sweeps"] == 0
+    assert estimate(replace(known, sweep_seeds=(7,))).parts["sweeps"] > 0
+    fewer_sweep_seeds = estimate(replace(cfg, sweep_seeds=(0,)))
+    assert fewer_sweep_seeds.parts["sweeps"] == pytest.approx(base.parts["sweeps"] / 2)
+    # a full-data run: epochs x ceil(N / B) steps plus a test pass per epoch and at the end (Table 1 records curves)
+    full = estimate(replace(cfg, ratios=(0.5,), seeds=(0,)))
+    assert full.parts["Table 1"] > 40 * math.ceil(9600 / 128) * 0.01 + 41 * 2400 * 1e-5
+    saved = 1 - sum(chapter.expected_used(cfg, chapter.infobatch_arm(0.5), 9600)) / (9600 * 40)
+    assert 0.2 < saved < 0.5 * chapter.ASSUMED_BELOW_MEAN  # epoch 0 and the annealing epochs prune nothing
+
+
+def test_book_fit_trims_the_chapter_to_a_budget_and_says_so(monkeypatch, tmp_path, capsys):
+    from accel.book import start
+    from accel.experiments import replay
+
+    monkeypatch.setattr(chapter, "probe", _fake_probe)
+    book = start("smoke", 0, notebook="01_infobatch", results_path=tmp_path / "r.json", style=False, quiet=True)
+    cfg = chapter.config("cpu")
+    whole = chapter.estimate(cfg, _fake_probe(cfg, None, None)).seconds
+    try:
+        fitted = book.fit(cfg, chapter.cost_model, None, torch.device("cpu"), trims=chapter.TRIMS,
+                          budget_minutes=whole / 60 / 3)
+        out = capsys.readouterr().out
+        assert "Estimated run time on this device" in out and "trimmed sweep_seeds 2 (0, 1) → 1 (0)" in out
+        assert "seeds 3 (0, 1, 2) → " in out
+        assert fitted.sweep_seeds == (0,) and len(fitted.seeds) < 3 and fitted.epochs <= cfg.epochs
+        assert chapter.estimate(fitted, _fake_probe(cfg, None, None)).seconds <= whole / 3
+        assert book.fit(cfg, chapter.cost_model, None, torch.device("cpu"), trims=chapter.TRIMS) == cfg  # no budget
+    finally:
+        replay.begin()

@@ -1,6 +1,9 @@
 """Chapter 04's experiment code: the uniform-routing floor, the bf16 example, the optimizers, one short run."""
 
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,7 +83,8 @@ def test_run_cache_shares_runs_with_identical_settings(smoke):
     cfg, data = smoke
     cache = {}
     arms = [chapter.Arm("recipe"), chapter.Arm("8 experts", {"num_experts": cfg.num_experts})]
-    runs = chapter.run_arms(cfg, data, torch.device("cpu"), arms, (0,), desc="x", show_progress=False, cache=cache)
+    runs = chapter.run_arms(cfg, data, torch.device("cpu"), arms, (0,), desc="x", show_progress=False, cache=cache,
+                            keep_models=True)
     assert len(cache) == 1 and runs["recipe"][0].model is runs["8 experts"][0].model
     assert runs["8 experts"][0].arm == "8 experts"
     routing = chapter.routing_at(cfg, runs["recipe"][0].model, data, torch.device("cpu"), 1.0)
@@ -169,3 +173,169 @@ def test_reader_wording_helpers():
     assert "Expert 0 takes the largest share of 2 of the 3" in chapter.routing_by_class_text(["a", "b", "c"], shares)
     cfg = chapter.config("smoke")
     assert "Left out of this profile" in chapter.stressor_list_text(cfg)
+
+
+def test_runs_come_back_without_models_unless_asked(smoke):
+    cfg, data = smoke
+    cfg = chapter.replace(cfg, steps=2)
+    cache = {}
+    runs = chapter.run_arms(cfg, data, torch.device("cpu"), [chapter.Arm("x")], (0,), desc="x", show_progress=False,
+                            cache=cache)
+    run = runs["x"][0]
+    assert run.model is None and next(iter(cache.values())).model is not None  # the cache keeps it for reuse
+    assert run.parameters > run.active_parameters > 0
+    assert chapter.cost_summary(runs)["x"]["parameters"] == run.parameters
+
+
+# --- the gpu profile, the cost model and the time budget ------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "fixtures"
+
+
+def test_gpu_config_runs_every_part_on_the_enwik8_fixture(tmp_path, monkeypatch):
+    """The gpu profile's code path (enwik8 through the download path, its stressors with fp16, its capacity arms and
+    expert counts, the cost model) at a few steps of a tiny model, on the fixture in enwik8's format."""
+    monkeypatch.setenv("ACCEL_DATA_DIR", str(tmp_path))
+    mini = FIXTURES / "enwik8_mini.zip"
+    gpu = chapter.config("gpu")
+    cfg = chapter.config("gpu", corpus_url=mini.as_uri(), corpus_sha256=hashlib.sha256(mini.read_bytes()).hexdigest(),
+                         d_model=16, n_heads=2, d_ff=32, seq_len=16, batch_size=4, steps=1, warmup=1, log_every=1,
+                         eval_windows=4, val_every=1, seeds=(0,), stressor_seeds=(0,))
+    assert (cfg.stressors, cfg.capacity_arms, cfg.expert_counts) == (gpu.stressors, gpu.capacity_arms,
+                                                                     gpu.expert_counts)
+    assert "fp16" in cfg.stressors and cfg.corpus == "enwik8"
+    device, cache = torch.device("cpu"), {}
+    estimate = chapter.cost_model(cfg, device)(cfg)
+    assert set(estimate.parts) == set(chapter.planned_work(cfg)) and "fp16 step" in estimate.basis
+    data = chapter.load_data(cfg)
+    assert data.name == "enwik8" and len(data.val) > cfg.seq_len
+    stability = chapter.run_arms(cfg, data, device, chapter.stability_arms(), cfg.seeds, desc="s", cache=cache,
+                                 show_progress=False)
+    stressors = chapter.run_arms(cfg, data, device, chapter.stressor_arms(cfg), cfg.stressor_seeds, desc="s",
+                                 cache=cache, show_progress=False)
+    precision = chapter.run_arms(cfg, data, device, chapter.router_precision_arms(cfg), cfg.seeds, desc="s",
+                                 cache=cache, show_progress=False)
+    cap_rows = chapter.capacity_table(cfg, data, device, cache=cache, show_progress=False)
+    balance = chapter.balance_study(cfg, data, device, cache=cache, show_progress=False)
+    expert_rows = chapter.expert_count_table(cfg, data, device, cache=cache, show_progress=False)
+    classes, shares = chapter.routing_by_class(cfg, data, device, cache=cache, show_progress=False)
+    ledger = chapter.run_arms(cfg, data, device, [chapter.dense_arm(cfg), chapter.recipe_arm(cfg)], cfg.seeds,
+                              desc="s", cache=cache, show_progress=False)
+    trained = sum(len(w["runs"]) for w in chapter.planned_work(cfg).values())
+    assert len(cache) == trained  # the plan the estimate prices is what the chapter trains
+    assert len(stressors) == 2 * len(cfg.stressors) and len(stability) == 4 and len(precision) == 4
+    assert len(cap_rows) == 2 * len(cfg.capacity_arms) and [r["experts"] for r in expert_rows] == [1, 4, 8, 16]
+    assert len(balance["rows"]) == len(cfg.drop_factors) and shares.shape == (len(classes), cfg.num_experts)
+    assert all(r.model is None for runs in (stability, stressors, precision, ledger) for rs in runs.values()
+               for r in rs)
+    fp16 = stressors["fp16 autocast + loss scaling | z-loss 1e-3"][0]
+    assert fp16.curve and math.isfinite(fp16.curve[0]["loss"])
+    assert chapter.cost_summary(ledger)[chapter.dense_arm(cfg).name]["parameters"] > 0
+
+
+def test_gpu_profile_arithmetic_matches_its_comment():
+    cfg = chapter.config("gpu")
+    assert chapter.active_weights(cfg) == 3_477_504 and chapter.flops_per_token(cfg) == pytest.approx(22.4e6, 5e-3)
+    work = chapter.planned_work(cfg)
+    assert sum(len(w["runs"]) for w in work.values()) == 53
+    minutes = sum(chapter.arithmetic_seconds(cfg).values()) / 60
+    assert 10 <= minutes <= 15, minutes
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+def test_active_weights_match_the_models_count(profile):
+    cfg = chapter.config(profile)
+    arms = [chapter.recipe_arm(cfg), chapter.dense_arm(cfg), chapter.capacity_arm(3, 2.0), chapter.capacity_arm(1, 1.0),
+            chapter.Arm("16", {"num_experts": 16}), *chapter.stressor_arms(cfg)[::2]]
+    for arm in arms:
+        model = chapter.make_model(cfg, arm, 0, torch.device("cpu"))
+        looked_up = sum(p.numel() for name, p in model.named_parameters()
+                        if name.startswith("pos_emb") or "norm" in name)
+        assert chapter.active_weights(cfg, arm) == model.num_parameters(active_only=True) - looked_up, arm.name
+
+
+def test_estimate_scales_with_seeds_and_steps():
+    cfg = chapter.config("cpu")
+
+    def total(c, forward=0.0):
+        return chapter.work_seconds(c, lambda arm: 1.0, forward)
+
+    base = total(cfg)
+    assert sum(total(chapter.replace(cfg, steps=2 * cfg.steps)).values()) == pytest.approx(2 * sum(base.values()))
+    fewer = total(chapter.replace(cfg, seeds=cfg.seeds[:2]))
+    assert fewer["Table 4 (stability)"] == pytest.approx(base["Table 4 (stability)"] * 2 / 3)
+    assert fewer["stressors"] == base["stressors"]
+    one = total(chapter.replace(cfg, stressor_seeds=cfg.stressor_seeds[:1]))
+    assert one["stressors"] == pytest.approx(base["stressors"] / 3)
+    # the "2× longer" stressor costs twice the steps of the others
+    longer = [arm for arm, _ in chapter.planned_work(cfg)["stressors"]["runs"] if arm.steps_mult == 2.0]
+    assert longer and base["stressors"] == pytest.approx(cfg.steps * (24 + len(longer)))
+    # validation passes: priced per forward of batch_size windows
+    passes = sum(w["passes"] for w in chapter.planned_work(cfg).values())
+    with_eval = sum(total(cfg, forward=1.0).values()) - sum(base.values())
+    assert with_eval == pytest.approx(passes * -(-cfg.eval_windows // cfg.batch_size))
+
+
+def test_cost_model_prices_the_probe_and_book_fit_trims_to_the_budget(monkeypatch, tmp_path, capsys):
+    from accel.book import start
+    from accel.experiments import replay
+
+    probed = []
+
+    def fake_probe(cfg, arm, device, steps=3, warmup=2):
+        probed.append(arm.name)
+        return 0.02, 0.005  # seconds per step and per validation forward: no wall clock in this test
+
+    monkeypatch.setattr(chapter, "probe_step", fake_probe)
+    cfg = chapter.config("cpu")
+    estimate = chapter.cost_model(cfg, torch.device("cpu"))
+    assert probed == [chapter.recipe_arm(cfg).name]  # no half-precision arm in the cpu profile
+    seconds = estimate(cfg).seconds
+    plain = sum(chapter.work_seconds(cfg, lambda arm: 0.02 * chapter.flops_per_token(cfg, arm)
+                                     / chapter.flops_per_token(cfg), 0.005).values())
+    assert seconds == pytest.approx(plain)
+    assert estimate(chapter.replace(cfg, steps=100)).seconds < seconds
+
+    book = start("cpu", 0, notebook="04_st_moe", results_path=tmp_path / "r.json", style=False, quiet=True)
+    try:
+        budget = 0.4 * seconds / 60  # needs the stressors' seeds, the shared seeds and the steps trimmed
+        fitted = book.fit(cfg, chapter.cost_model, torch.device("cpu"), trims=chapter.TRIMS, budget_minutes=budget)
+    finally:
+        replay.begin()
+    out = capsys.readouterr().out
+    assert "trimmed stressor_seeds 3 (0, 1, 2) → 1 (0)" in out and "seeds 3 (0, 1, 2) → 2 (0, 1)" in out
+    assert fitted.stressor_seeds == (0,) and fitted.seeds == (0, 1) and fitted.steps < cfg.steps
+    assert estimate(fitted).seconds <= 60 * budget
+
+
+def test_recorded_results_round_trip(smoke):
+    """What the notebook reads from each replayable computation survives the results file's encoding exactly, and a
+    recorded run stays small."""
+    from accel.experiments import replay
+
+    cfg, data = smoke
+    cfg = chapter.replace(cfg, steps=4, val_every=2, log_every=1)
+    device, cache = torch.device("cpu"), {}
+    values = {
+        "runs": chapter.run_arms(cfg, data, device, chapter.stability_arms()[:2], (0,), desc="x", cache=cache,
+                                 show_progress=False),
+        "capacity": chapter.capacity_table(cfg, data, device, cache=cache, show_progress=False),
+        "balance": chapter.balance_study(cfg, data, device, cache=cache, show_progress=False),
+        "experts": chapter.expert_count_table(cfg, data, device, cache=cache, show_progress=False),
+        "classes": chapter.routing_by_class(cfg, data, device, cache=cache, show_progress=False),
+    }
+    for name, value in values.items():
+        encoded = replay.encode(value)
+        back = replay.decode(json.loads(json.dumps(encoded)))
+        assert replay.encode(back) == encoded, name  # NaN-safe equality of everything recorded
+    runs = replay.decode(json.loads(json.dumps(replay.encode(values["runs"]))))
+    run, original = runs["baseline (no z-loss)"][0], values["runs"]["baseline (no z-loss)"][0]
+    assert isinstance(run, chapter.Run) and run.curve == original.curve and run.val_loss == original.val_loss
+    assert chapter.stability_summary(runs) == chapter.stability_summary(values["runs"])
+    classes, shares = replay.decode(json.loads(json.dumps(replay.encode(values["classes"]))))
+    assert classes == values["classes"][0] and torch.equal(shares, values["classes"][1])
+    assert isinstance(values["balance"]["runs"]["without balance loss"][0].model, type(None))
+    # a cpu-profile run (21 logged points) records in a few kilobytes: the chapter's ~60 runs stay well under 1 MB
+    point = {**run.curve[-1], "step": 190}
+    cpu_run = chapter.replace(run, curve=[dict(point) for _ in range(21)], val_curve=[(25600, 25, 0.5, 3.1)] * 8)
+    assert len(json.dumps(replay.encode(cpu_run))) < 8000

@@ -9,26 +9,17 @@ trimmed.
 
 from __future__ import annotations
 
+__all__ = ["DEFAULT_BUDGET_MINUTES", "Estimate", "describe", "fit_budget", "minutes"]
+
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from accel.experiments.run_time import Estimate
 
 #: The budget a profile gets when the chapter's BUDGET_MINUTES is None: a free Colab GPU session is short.
 DEFAULT_BUDGET_MINUTES = {"gpu": 15.0}
-
-
-@dataclass
-class Estimate:
-    """Seconds per part of a chapter (e.g. {"Table 1": 120.0, ...}) and what the probe measured."""
-
-    parts: dict[str, float]
-    basis: str
-
-    @property
-    def seconds(self) -> float:
-        return float(sum(self.parts.values()))
 
 
 def minutes(seconds: float) -> str:

@@ -14,7 +14,9 @@ cache manifest: rows, malformed lines, preprocessing, vocabulary statistics, sou
 How a file becomes arrays (the same machinery for both; the first call takes minutes on the full files, a later
 call with the same settings opens the cache in milliseconds):
 
-1. The source is a download through :func:`accel.datasets.cache.download` (SHA-256 checked, atomic) or a file the
+1. The source is a download through :func:`accel.datasets.cache.download` (SHA-256 checked, atomic), a download
+   trusted on first use when no checksum is known (Criteo publishes none: the SHA-256 of the first download is
+   recorded beside the archive in ``<archive>.sha256`` and checked on every later use), or a file the
    user already has (``path=``): plain text, .gz, .tar.gz / .tar or .zip (the member ``train.txt``, or for Avazu
    ``train`` / ``train.csv`` / ``train.gz``, is found and streamed; nothing is extracted to disk).
 2. Parse, streaming: lines are read a few MB at a time and parsed with vectorised NumPy; every line is validated
@@ -63,13 +65,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import json
 import os
 import re
 import shutil
 import tarfile
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import warnings
 import zipfile
 import zlib
@@ -94,6 +99,7 @@ __all__ = [
     "CRITEO_SHA256",
     "CRITEO_URL",
     "MISSING",
+    "TRUST_SUFFIX",
     "CTRData",
     "CTRFormatError",
     "CTRSplit",
@@ -104,19 +110,16 @@ __all__ = [
 ]
 
 # Criteo's own link for the Kaggle archive (it redirects to Criteo's Azure storage). The archive holds train.txt,
-# test.txt (unlabelled, not used) and readme.txt. Criteo publishes no checksum for it, so none is pinned here.
+# test.txt (unlabelled, not used) and readme.txt. Criteo publishes no checksum for it, so none is pinned here: a
+# download without sha256= is trusted on first use (see load_criteo) and checked against that hash ever after.
 CRITEO_URL = "https://go.criteo.net/criteo-research-kaggle-display-advertising-challenge-dataset.tar.gz"
 CRITEO_SHA256: str | None = None
-CRITEO_ARCHIVE_BYTES = 4_576_820_670  # Content-Length reported for CRITEO_URL; not measured here
+CRITEO_ARCHIVE_BYTES = 4_576_820_670  # Content-Length CRITEO_URL reported (2026-08-23); checked on download
 CRITEO_ROWS = 45_840_617  # labelled lines of train.txt
 AVAZU_ROWS = 40_428_967  # data lines of Avazu's train file
 MISSING = int(np.iinfo(np.int64).min)  # a missing value in the parsed int64 columns; sorts before every value
-_CRITEO_CHECKSUM_HINT = (
-    "Criteo publishes no checksum for its archive. Either download it yourself (for example "
-    f"`curl -L -o criteo_kaggle.tar.gz {CRITEO_URL}`, {CRITEO_ARCHIVE_BYTES:,} bytes reported) and pass "
-    "path='criteo_kaggle.tar.gz' (its SHA-256 is computed and recorded in the manifest, with a warning), or pass "
-    "sha256= of a copy you trust, and the download goes through the checksummed cache."
-)
+TRUST_SUFFIX = ".sha256"  # the hash recorded at first download sits beside the archive: <archive>.sha256
+_DOWNLOAD_CHUNK = 1 << 20
 
 _FORMAT_VERSION = 1
 _CHUNK_BYTES = 8 << 20  # bytes of lines parsed at a time (tests make it small to cross chunk boundaries)
@@ -664,6 +667,149 @@ def _publish(tmp: Path, target: Path) -> None:
             raise
 
 
+# ------------------------------------------------------------------------------------- trust on first use (TOFU)
+
+_HASHED: dict[tuple[str, int, int], str] = {}  # (archive, size, mtime_ns) -> sha256 hashed by this process
+
+
+def _record_path(base: Path, filename: str) -> Path:
+    return base / f"{filename}{TRUST_SUFFIX}"
+
+
+def _read_record(record: Path, filename: str) -> str | None:
+    """The sha256 recorded in ``record`` (``sha256sum`` format: ``<64 hex>  <filename>``), or None without one."""
+    try:
+        text = record.read_text()
+    except FileNotFoundError:
+        return None
+    match = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)\n?", text)
+    if not match or match[2] != filename:
+        raise cache.ChecksumError(
+            f"{record} does not hold a recorded hash of {filename} (expected one line '<sha256>  {filename}', as "
+            f"sha256sum writes it). It was left untouched; delete it to record the archive's hash again."
+        )
+    return match[1]
+
+
+def _write_record(record: Path, sha256: str, filename: str) -> None:
+    """Write ``record`` atomically (a hidden part, then one rename), in ``sha256sum -c`` format."""
+    part = cache.new_part(record.parent, suffix=TRUST_SUFFIX)
+    try:
+        part.write_text(f"{sha256}  {filename}\n")
+        os.replace(part, record)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def _hash_of(path: Path) -> str:
+    """sha256 of ``path``, hashed once per process while its size and modification time stay the same."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = cache.sha256sum(path)
+    return _HASHED[key]
+
+
+def _trusted_archive(
+    url: str, base: Path, filename: str, fmt: _Format, expected_bytes: int | None, *, download: bool, progress: bool
+) -> tuple[str, str, Path | None]:
+    """(sha256, what was checked, the verified archive or None) for a download with no published checksum.
+
+    First use: the archive is downloaded (its size checked against ``expected_bytes`` and the server's
+    Content-Length), its SHA-256 is written to ``<archive>.sha256`` beside it, and only then is it moved into place.
+    An archive found in the cache without a record is hashed and recorded the same way. Every later use hashes the
+    archive again and compares: a mismatch raises :class:`~accel.datasets.cache.ChecksumError` naming the file and
+    both hashes, and leaves the file untouched. With a record but no archive, (None) the caller downloads it through
+    the checksummed helper with the recorded hash.
+    """
+    target, record = base / filename, _record_path(base, filename)
+    recorded = _read_record(record, filename)
+    if recorded is not None:
+        if not target.exists():
+            return recorded, (f"sha256 {recorded} recorded in {record} at first download (the archive is not in "
+                              f"{base}: the cached arrays are used, or a new download is checked against it)"), None
+        actual = _hash_of(target)
+        if actual != recorded:
+            raise cache.ChecksumError(
+                f"{target} has sha256 {actual}, but {record} recorded sha256 {recorded} when it was first "
+                f"downloaded: the file changed since. It was left untouched. Delete {target} to download it again "
+                f"(checked against the recorded hash), or delete {record} to trust the file as it is now."
+            )
+        return recorded, f"{target}: sha256 {actual} matches the hash recorded in {record} at first download", target
+    if target.exists():
+        size = target.stat().st_size
+        if expected_bytes is not None and size != expected_bytes:
+            raise cache.ChecksumError(
+                f"{target} has {size:,} bytes, expected {expected_bytes:,} (the size {url} reports): an incomplete "
+                f"or different copy. It was left untouched and nothing was recorded; delete it to download it again."
+            )
+        actual = _hash_of(target)
+        _write_record(record, actual, filename)
+        return actual, (f"first use of {target} (found there, not downloaded): sha256 {actual} recorded in {record}; "
+                        "later runs check it"), target
+    if not download:
+        size = f" ({expected_bytes:,} bytes)" if expected_bytes else ""
+        raise FileNotFoundError(
+            f"{fmt.title} archive not found at {target} and download=False. Download {url}{size} and place it there "
+            f"(its sha256 is recorded on first use), or pass path= to a copy you have."
+        )
+    actual = _download_unpinned(url, target, record, expected_bytes, progress)
+    return actual, f"first download: sha256 {actual} recorded in {record}; later runs check it", target
+
+
+def _download_unpinned(url: str, target: Path, record: Path, expected_bytes: int | None, progress: bool,
+                       timeout: float = 60.0) -> str:  # fmt: skip
+    """Stream ``url`` into a hidden part next to ``target``, check its size, record its sha256 in ``record``, then
+    move it into place. Any failure (network, HTTP, a dropped connection, a size mismatch, Ctrl-C) removes the part,
+    so ``target`` holds the whole archive or nothing. Raises :class:`~accel.datasets.cache.DownloadError` when the
+    server cannot be reached or fails, :class:`~accel.datasets.cache.ChecksumError` when the size is wrong."""
+    hint = (f"Download {url} yourself and place it at {target} (its sha256 is recorded on first use), or pass path= "
+            "to a copy you have.")
+    part = cache.new_part(target.parent)
+    try:
+        digest, received, reported = hashlib.sha256(), 0, None
+        with open(part, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    reported = int(response.headers.get("Content-Length") or 0) or None
+                    if expected_bytes is not None and reported is not None and reported != expected_bytes:
+                        raise cache.ChecksumError(
+                            f"{url} reports {reported:,} bytes, expected {expected_bytes:,}: not the archive this "
+                            f"version of accel knows. Nothing was downloaded or recorded. {hint}"
+                        )
+                    total = reported or expected_bytes
+                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
+                              disable=not progress) as bar:  # fmt: skip
+                        while chunk := response.read(_DOWNLOAD_CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            received += len(chunk)
+                            bar.update(len(chunk))
+            except urllib.error.HTTPError as exc:
+                raise cache.DownloadError(f"Could not download {url}: HTTP {exc.code} {exc.reason}. {hint}") from exc
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                reason = getattr(exc, "reason", None) or exc
+                raise cache.DownloadError(f"Could not download {url}: {reason}. {hint}") from exc
+        if reported is not None and received != reported:  # http.client reads a dropped connection as a short end
+            raise cache.DownloadError(
+                f"Incomplete download of {url}: received {received:,} of {reported:,} bytes (the connection was "
+                f"dropped); the partial file was removed. Try again. {hint}"
+            )
+        if expected_bytes is not None and received != expected_bytes:
+            raise cache.ChecksumError(
+                f"{url} sent {received:,} bytes, expected {expected_bytes:,}; the download was removed and nothing "
+                f"was recorded. {hint}"
+            )
+        actual = digest.hexdigest()
+        _write_record(record, actual, target.name)  # first the record: a later run checks any archive against it
+        os.replace(part, target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return actual
+
+
 # ------------------------------------------------------------------------------------------------- the loaders
 
 
@@ -704,6 +850,7 @@ def _load(
     progress,
     verify,
     no_url_hint,
+    archive_bytes=None,
 ) -> CTRData:
     cache.check_bool("download", download)
     cache.check_bool("progress", progress)
@@ -719,11 +866,14 @@ def _load(
         )
     if on_malformed not in ("report", "raise"):
         raise ValueError(f"Invalid on_malformed: {on_malformed!r}; expected 'report' or 'raise'")
+    _check_int("archive_bytes", archive_bytes, 1, allow_none=True)
     if sha256 is not None and (not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
         raise ValueError(f"Invalid sha256: {sha256!r}; expected 64 hex digits or None")
     sha256 = sha256.lower() if sha256 else None
     base = Path(root).expanduser() if root is not None else cache.cache_dir()
 
+    checked = None  # how the archive was checked, for a download trusted on first use (said when progress=True)
+    source = None
     if path is not None:
         source = Path(path).expanduser()
         if not source.is_file():
@@ -733,11 +883,16 @@ def _load(
     else:
         if url is None:
             raise ValueError(no_url_hint)
-        if sha256 is None:
-            raise ValueError(
-                f"Invalid sha256: None; a download needs the SHA-256 of {url}. "
-                + (_CRITEO_CHECKSUM_HINT if url == CRITEO_URL else "Pass sha256=..., or download it and pass path=...")
-            )
+        filename = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+        if not filename or urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
+            raise ValueError(f"Invalid url: {url!r}; expected an http(s):// or file:// URL that ends in a file name")
+        if sha256 is None:  # nothing published to check against: trust on first use (module docstring)
+            expected = archive_bytes if archive_bytes is not None else (
+                CRITEO_ARCHIVE_BYTES if url == CRITEO_URL else None)
+            sha256, checked, source = _trusted_archive(url, base, filename, fmt, expected, download=download,
+                                                       progress=progress)
+            if progress:
+                print(checked, flush=True)
         identity = {"sha256": sha256}
     key = {
         "format_version": _FORMAT_VERSION,
@@ -754,6 +909,8 @@ def _load(
     folder = base / fmt.name / f"{preprocessing}-{max_rows if max_rows else 'all'}-{digest}"
     data, damage = _open_cached(folder, key, verify)
     if data is not None:
+        if checked:
+            data.metadata["source_check"] = checked
         return data
     if damage:
         warnings.warn(f"Rebuilding the cache at {folder}: {damage}.", stacklevel=3)
@@ -773,17 +930,25 @@ def _load(
             )
         record = {"path": str(source), "url": None, "sha256": actual}
     else:
-        filename = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
-        if not filename:
-            raise ValueError(f"Invalid url: {url!r}; expected a URL that ends in a file name")
-        if not download and not (base / filename).exists():
-            size = f", {CRITEO_ARCHIVE_BYTES:,} bytes" if url == CRITEO_URL else ""
-            raise FileNotFoundError(
-                f"{fmt.title} archive not found at {base / filename} and download=False. Download {url} "
-                f"(sha256 {sha256}{size}) and place it there, or pass path= to a copy you have."
-            )
-        source = cache.download(url, filename, sha256, root=base, progress=progress)
+        if source is None:  # a pinned sha256, or a recorded one whose archive is not here: the checked download
+            if not download and not (base / filename).exists():
+                size = f", {CRITEO_ARCHIVE_BYTES:,} bytes" if url == CRITEO_URL else ""
+                raise FileNotFoundError(
+                    f"{fmt.title} archive not found at {base / filename} and download=False. Download {url} "
+                    f"(sha256 {sha256}{size}) and place it there, or pass path= to a copy you have."
+                )
+            try:
+                source = cache.download(url, filename, sha256, root=base, progress=progress)
+            except cache.ChecksumError as exc:
+                if not checked:
+                    raise
+                raise cache.ChecksumError(
+                    f"{exc} The expected hash is the one recorded in {_record_path(base, filename)} at the first "
+                    f"download; if the server's copy changed on purpose, delete that file to trust the new one."
+                ) from exc
         record = {"path": None, "url": url, "sha256": sha256}
+        if checked:
+            record["trust"] = f"first use, recorded in {_record_path(base, filename)}"
 
     tmp = cache.new_part(folder.parent, directory=True)  # also removes the parts of killed builds
     try:
@@ -819,6 +984,8 @@ def _load(
     data, damage = _open_cached(folder, key, verify=False)
     if data is None:
         raise CTRFormatError(f"the cache just built at {folder} cannot be opened: {damage}")
+    if checked:
+        data.metadata["source_check"] = checked
     bad = manifest["malformed"]
     if bad["count"]:
         first = "; ".join(f"line {line:,}: {reason}" for line, reason in bad["first"][:5])
@@ -838,6 +1005,7 @@ def load_criteo(
     url: str = CRITEO_URL,
     sha256: str | None = CRITEO_SHA256,
     download: bool = True,
+    archive_bytes: int | None = None,
     preprocessing: str = "official",
     max_rows: int | None = None,
     min_count: int | None = None,
@@ -857,9 +1025,17 @@ def load_criteo(
         in place. With ``sha256`` it must match (else :class:`~accel.datasets.cache.ChecksumError`, file untouched);
         without, its SHA-256 is computed at build time, recorded in the manifest and shown in a warning. The cache is
         reused while the file's path, size and modification time stay the same (or, with ``sha256``, the hash).
-    url, sha256, download: without ``path``, the archive is fetched from ``url`` through the checksummed download
-        helper; ``sha256`` is then required: Criteo publishes none, so :data:`CRITEO_SHA256` is None and a download
-        without it raises ``ValueError`` saying how to proceed. ``download=False`` refuses to fetch a missing archive.
+    url, sha256, download, archive_bytes: without ``path``, the archive is fetched from ``url`` into ``root``.
+        With ``sha256`` it goes through the checksummed download helper. Without (the default: Criteo publishes no
+        checksum, so :data:`CRITEO_SHA256` is None) it is **trusted on first use**: the first download checks the
+        size (``archive_bytes``; default :data:`CRITEO_ARCHIVE_BYTES` for :data:`CRITEO_URL`, and the server's
+        Content-Length), records the SHA-256 it computed in ``<archive>.sha256`` beside the archive (``sha256sum -c``
+        format) and says so ("first download: sha256 X recorded in F; later runs check it", printed when
+        ``progress``); every later call hashes the archive again (once per process) and a mismatch raises
+        :class:`~accel.datasets.cache.ChecksumError` naming the file and both hashes, leaving it untouched. A
+        failed or interrupted download leaves no file behind; an unreachable server raises
+        :class:`~accel.datasets.cache.DownloadError`, a wrong size ``ChecksumError``. ``download=False`` refuses to
+        fetch a missing archive. ``metadata["source_check"]`` says how the archive was checked by this call.
     preprocessing: ``"official"`` (CowClip's: 26 label-encoded fields + 13 min-max dense, 90/10 train/test) or
         ``"criteo_x4"`` (39 categorical fields, no dense, train/valid/test 8:1:1, min_count 10 on the training split).
     max_rows: keep only the first ``max_rows`` valid lines (the earliest, since the file is in time order: a prefix,
@@ -904,6 +1080,7 @@ def load_criteo(
         progress=progress,
         verify=verify,
         no_url_hint="Invalid url: None; pass url= or path=",
+        archive_bytes=archive_bytes,
     )
 
 

@@ -22,12 +22,17 @@ is the rule without the clip (the ablation the paper implies).
 
 The data are the synthetic twin of :mod:`accel.datasets.ctr` (its true click probability gives the Bayes-optimal AUC
 every table shows) in three variants: ``signal`` (rare IDs carry as much signal as frequent ones), ``noise`` (rare IDs
-mostly noise, as in real logs) and ``hf`` (the high-frequency-only copy of ``signal``). The paper profile trains on
-Criteo instead (:mod:`accel.datasets.criteo`), where only ``signal`` (the data as they are) and ``hf`` (IDs seen
-fewer than ``hf_min_count`` times mapped to one out-of-vocabulary ID per field) exist.
+mostly noise, as in real logs) and ``hf`` (the high-frequency-only copy of ``signal``). The gpu and paper profiles
+train on Criteo instead (:mod:`accel.datasets.criteo`; the gpu profile on its first 4M lines), where only ``signal``
+(the data as they are) and ``hf`` (IDs seen fewer than ``hf_min_count`` times mapped to one out-of-vocabulary ID per
+field) exist. :func:`data_source` gets Criteo (from $ACCEL_CRITEO_PATH, or downloaded and trusted on first use) or,
+when it cannot be downloaded, falls back to the synthetic twin with a note.
 
 Runs are independent given (config, arm, seed), so :func:`run_arms` spreads them over worker processes (one thread
 each) and keeps a cache so that a run two tables share is trained once. The same seed gives the same numbers.
+:func:`run_plan` lists every run_arms call the notebook makes; :func:`cost_model` turns it and a short probe into the
+set-up cell's time estimate, and ``TRIMS`` says what a time budget may cut. ``data_source``, ``overview`` and
+``run_arms`` are replayable (:mod:`accel.experiments.replay`): a results file renders the chapter without training.
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ import torch
 import torch.nn.functional as F
 
 from accel.cowclip import CowClip
+from accel.datasets.cache import ChecksumError, DownloadError
+from accel.datasets.criteo import CRITEO_ARCHIVE_BYTES, CRITEO_URL
 from accel.datasets.ctr import CTRData, SyntheticCTRSpec, auc, bayes_metrics, id_counts, logloss, make_synthetic_ctr
-from accel.experiments import pick_config
+from accel.experiments import pick_config, replay
 from accel.experiments.words import plural  # noqa: F401  (chapter.plural in the notebook)
 from accel.models.ctr import make_ctr_model
 
@@ -75,9 +82,12 @@ FREQUENCY_BUCKETS = (1, 10, 100, 1000)  # an ID's count in the training split: [
 class Config:
     """One profile: the data, the model, the base recipe, the batch range and how many seeds each table uses."""
 
-    dataset: str = "synthetic"  # synthetic | criteo (paper profile)
+    dataset: str = "synthetic"  # synthetic | criteo (gpu, paper)
+    # the synthetic twin; for the Criteo profiles, the stand-in when Criteo cannot be downloaded (data_source)
     data: SyntheticCTRSpec = SyntheticCTRSpec(train_rows=400_000, test_rows=100_000, linear_scale=0.45,
                                               interaction_scale=0.12)  # fmt: skip
+    criteo_rows: int | None = None  # Criteo: the first this many labelled lines of train.txt (None: all 45.8M)
+    criteo_url: str = CRITEO_URL  # where Criteo is downloaded from when $ACCEL_CRITEO_PATH names no local copy
     noise_rare_signal: float = 0.2  # the "noise" regime: rare IDs' effects scaled by this
     hf_min_count: int = 20  # Criteo's high-frequency-only copy: values seen fewer times share one ID
     model: str = "deepfm"
@@ -106,6 +116,31 @@ class Config:
     ledger_margin: float = 0.01  # the ledger's target: the base batch's final AUC minus this
 
 
+# The stand-in for Criteo in the gpu and paper profiles when it cannot be downloaded: the synthetic twin with enough
+# rows that the largest batch (1,024 x 128) still gets 15 steps per epoch.
+CRITEO_TWIN = SyntheticCTRSpec(train_rows=2_000_000, test_rows=200_000, linear_scale=0.45, interaction_scale=0.12)
+
+# The gpu profile: the paper's model and recipe (DeepFM, MLP 400-400-400, embedding dim 10, base batch 1,024, dense lr
+# 8e-4, embedding lr 1e-4, L2 1e-5, batches up to 128K) on real Criteo, cut to fit ~15 minutes on a T4. An estimate,
+# not measured on a T4 (none here); the set-up cell's probe measures the reader's GPU and trims to the budget:
+# * data: the first 4,000,000 lines of train.txt (3.6M train / 0.4M test; roughly the first 15 hours of day 1),
+#   ~3M distinct IDs (guessed from Criteo's growth of IDs with rows; a 30M-row table would not fit the budget).
+# * FLOPs: MLP input 26 x 10 + 13 = 273; 273·400 + 2·400·400 + 400 = 0.43M multiply-adds a sample, so ~2.6 MFLOP a
+#   sample for forward + backward (FM and lookups are negligible). At ~2.8 TFLOP/s (35% of a T4's 8.1): ~0.9 µs a
+#   sample, ~1 µs with the lookups.
+# * The optimizer touches the whole table every step (dense gradients, Adam): ~3M x 10 floats x ~12 reads and writes
+#   = ~1.5 GB, ~6 ms at ~250 GB/s, plus ~4 ms of launches and the clip's statistics: ~10 ms a step at any batch.
+#   So a step takes ~11 ms at 1K, 18 ms at 8K, 43 ms at 32K and 141 ms at 128K; one epoch of 3.6M rows takes
+#   39 s at 1K (3,515 steps), 8 s at 8K, 5 s at 32K and 4 s at 128K (27 steps).
+# * The chapter, one seed, one epoch: A1 full data and high-frequency copy 2 x 88 s; A2 recipe and no-clip arms
+#   110 s; A3 six step-matched runs at 128K x 200 steps (7.4 epochs) 169 s; A4 three more models at 1K and 128K
+#   128 s; B4 three (r, zeta) settings at 8K 24 s; evaluations ~5 s: ~610 s, about 10 minutes, plus ~3 minutes to
+#   download (4.6 GB), hash and parse the data once per runtime.
+GPU = Config(dataset="criteo", data=CRITEO_TWIN, criteo_rows=4_000_000, mlp_dims=(400, 400, 400), base_batch=1024,
+             base_lr=8e-4, base_embed_lr=1e-4, base_l2=1e-5, epochs=1, multipliers=(8, 32, 128),
+             hf_multipliers=(8, 32, 128), seeds=(0,), table1_seeds=(0,), step_matched_steps=200,
+             step_matched_seeds=(0,), sweep=((1.0, 1e-3), (0.1, 1e-5), (0.01, 1e-5)), workers=0, live_epochs=1)
+
 CONFIGS = {
     "smoke": Config(data=SyntheticCTRSpec(vocab_sizes=(2000, 500, 200, 100, 50), train_rows=20_000, test_rows=10_000,
                                           linear_scale=0.45, interaction_scale=0.12),
@@ -113,11 +148,17 @@ CONFIGS = {
                     mlp_dims=(16,), other_models=("dcn",), step_matched_steps=30, step_matched_seeds=(0,),
                     sweep=((0.01, 1e-5),), workers=0),
     "cpu": Config(),
-    # the paper profile: DeepFM on Criteo with the official recipe at 1K ... 128K (a GPU and the real data needed)
-    "paper": Config(dataset="criteo", mlp_dims=(400, 400, 400), base_batch=1024, base_lr=8e-4, base_embed_lr=1e-4,
-                    base_l2=1e-5, epochs=10, multipliers=(8, 32, 128), hf_multipliers=(8, 32, 128),
+    "gpu": GPU,
+    # the paper profile: DeepFM on all of Criteo with the official recipe at 1K ... 128K, 10 epochs (hours on a GPU)
+    "paper": Config(dataset="criteo", data=CRITEO_TWIN, mlp_dims=(400, 400, 400), base_batch=1024, base_lr=8e-4,
+                    base_embed_lr=1e-4, base_l2=1e-5, epochs=10, multipliers=(8, 32, 128), hf_multipliers=(8, 32, 128),
                     step_matched_steps=31_500, step_matched_seeds=(0,), workers=0, live_epochs=1),
 }  # fmt: skip
+
+#: What ``Book.fit`` may trim to fit a time budget, in this order, each to its floor: the seeds first, then the
+#: secondary sections' settings (B4's sweep, A4's other models), then the epochs.
+TRIMS = (("seeds", 1), ("table1_seeds", 1), ("step_matched_seeds", 1), ("sweep", 1), ("other_models", 1),
+         ("epochs", 1))
 
 
 def config(profile: str, **overrides) -> Config:
@@ -183,22 +224,60 @@ def _cached_data(spec: SyntheticCTRSpec) -> CTRData:
 
 
 @lru_cache(maxsize=2)
-def _cached_criteo(min_count: int | None) -> CTRData:
+def _cached_criteo(path: str | None, url: str, rows: int | None, min_count: int | None) -> CTRData:
     from accel.datasets.criteo import load_criteo
 
-    return load_criteo(path=os.environ.get(CRITEO_PATH_ENV), min_count=min_count)
+    if path is not None and not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"Invalid environment variable {CRITEO_PATH_ENV}: {path!r} is not a file; point it at "
+                                "the Criteo Kaggle archive (.tar.gz) or train.txt, or unset it to download Criteo")
+    return load_criteo(path=path, url=url, max_rows=rows, min_count=min_count)
 
 
 def load_data(cfg: Config, variant: str = "signal") -> CTRData:
-    """The data set of a variant: synthetic (generated once, then memory-mapped from the cache) or, for the paper
-    profile, Criteo Kaggle with the official preprocessing (``hf``: values seen fewer than ``hf_min_count`` times
-    share one ID). Criteo has no published checksum, so it is read from the file named by $ACCEL_CRITEO_PATH (the
-    downloaded archive or train.txt; see accel.datasets.criteo)."""
+    """The data set of a variant: synthetic (generated once, then memory-mapped from the cache) or, for the gpu and
+    paper profiles, Criteo Kaggle with the official preprocessing (``hf``: values seen fewer than ``hf_min_count``
+    times share one ID; ``criteo_rows``: the first lines of train.txt only). Criteo is read from the file named by
+    $ACCEL_CRITEO_PATH (the archive or train.txt) when it is set, else downloaded from ``cfg.criteo_url`` and trusted
+    on first use (Criteo publishes no checksum: the first download's SHA-256 is recorded beside it and checked on
+    every later use; see accel.datasets.criteo.load_criteo). :func:`data_source` decides, once per run, whether
+    Criteo can be had at all."""
     if cfg.dataset == "criteo":
         if variant not in ("signal", "hf"):
             raise ValueError(f"Invalid data variant for Criteo: {variant!r}; allowed: 'signal', 'hf'")
-        return _cached_criteo(cfg.hf_min_count if variant == "hf" else None)
+        return _cached_criteo(os.environ.get(CRITEO_PATH_ENV) or None, cfg.criteo_url, cfg.criteo_rows,
+                              cfg.hf_min_count if variant == "hf" else None)
     return _cached_data(data_spec(cfg, variant))
+
+
+@replay.replayable
+def data_source(cfg: Config) -> tuple[Config, str | None]:
+    """(the config this run trains with, a note for the reader). Synthetic profiles: unchanged, no note. Criteo
+    profiles: Criteo is loaded (downloaded the first time, or read from $ACCEL_CRITEO_PATH) and the note says how it
+    was checked. Where the download is impossible (no network, a server error, refused), the run falls back to the
+    synthetic twin (``cfg.data``) and the note says so and names $ACCEL_CRITEO_PATH. A checksum or size mismatch is
+    not a fallback: it raises :class:`~accel.datasets.cache.ChecksumError` naming the file and both hashes."""
+    if cfg.dataset != "criteo":
+        return cfg, None
+    try:
+        data = load_data(cfg, "signal")
+    except ChecksumError:
+        raise
+    except DownloadError as error:
+        twin = replace(cfg, dataset="synthetic")
+        reason = str(error).split(". ")[0]
+        size = f" ({CRITEO_ARCHIVE_BYTES:,} bytes)" if cfg.criteo_url == CRITEO_URL else ""
+        return twin, (
+            f"Criteo could not be downloaded ({reason}), so this run trains on the synthetic twin instead "
+            f"({twin.data.train_rows:,} training rows, {len(twin.data.vocab_sizes)} fields; the recipe and batch "
+            f"sizes are the profile's). To train on Criteo, download {cfg.criteo_url}{size} where you have network "
+            f"and set the environment variable {CRITEO_PATH_ENV} to that file (the .tar.gz or train.txt) before "
+            "starting the chapter."
+        )
+    local = os.environ.get(CRITEO_PATH_ENV)
+    rows = "all" if cfg.criteo_rows is None else f"the first {cfg.criteo_rows:,}"
+    how = f"read from {local} (${CRITEO_PATH_ENV})" if local else data.metadata.get("source_check", "")
+    return cfg, (f"Criteo Kaggle, {rows} labelled lines of train.txt, official preprocessing: {len(data.train):,} "
+                 f"training and {len(data.test):,} test rows. Archive: {how}.")
 
 
 @lru_cache(maxsize=4)
@@ -363,10 +442,12 @@ def _run_job(cfg: Config, arm: Arm, seed: int) -> Run:
     return train(cfg, arm, seed, device="cpu")
 
 
+@replay.replayable
 def run_arms(cfg: Config, arms: Iterable[Arm], seeds: Iterable[int], *, desc: str = "runs", show_progress: bool = True,
              cache: dict | None = None) -> dict[str, list[Run]]:  # fmt: skip
     """Every arm for every seed, {arm name: [Run per seed]}. Runs not in ``cache`` are trained, in ``cfg.workers``
-    processes of one thread each (0: here). Data are generated (and cached on disk) before the workers start."""
+    processes of one thread each (0: here). Data are generated (and cached on disk) before the workers start.
+    Replayable: a chapter rendered from a results file (RESULTS_FROM) gets the recorded runs back, in call order."""
     from accel.experiments.progress import progress_bar
 
     arms, seeds = list(arms), list(seeds)
@@ -407,6 +488,235 @@ def paired_difference(a: list[Run], b: list[Run]) -> tuple[float, float]:
     """Mean and std over seeds of AUC(a) - AUC(b), seed by seed (the runs share data and test set)."""
     by_seed = {r.seed: r.auc for r in b}
     return summarize([r.auc - by_seed[r.seed] for r in a if r.seed in by_seed])
+
+
+# --- what the chapter trains, section by section (the notebook and the cost model both read these) -------------
+
+
+def plain_arms(cfg: Config) -> list[Arm]:
+    """A2's comparison: the base batch and square-root scaling of every lr at every larger batch."""
+    return [a for a in table1_arms(cfg) if a.name == "base" or a.rule == "sqrt"]
+
+
+def step_variants(cfg: Config) -> tuple[str, ...]:
+    """The data variants of A3's step-matched runs (the noise regime exists only for the synthetic twin)."""
+    return ("signal", "hf", "noise") if cfg.dataset == "synthetic" else ("signal", "hf")
+
+
+def regime_groups(cfg: Config) -> list[tuple[str, list[Arm], tuple[int, ...]]]:
+    """A3's epoch-matched runs at the largest batch, rare IDs as signal or mostly noise (synthetic twin only):
+    (progress label, arms, seeds) per run_arms call."""
+    if cfg.dataset != "synthetic":
+        return []
+    k = max(cfg.multipliers)
+    return [(f"{variant}, epoch-matched", [Arm(f"{variant}: base", rule="none", data=variant),
+                                           Arm(f"{variant}: sqrt ×{k}", rule="sqrt", multiplier=k, data=variant),
+                                           Arm(f"{variant}: CowClip ×{k}", multiplier=k, data=variant)], seeds)
+            for variant, seeds in (("signal", cfg.table1_seeds), ("noise", cfg.table1_seeds[:1]))]  # fmt: skip
+
+
+def step_matched_groups(cfg: Config) -> list[tuple[str, list[Arm], tuple[int, ...]]]:
+    """A3's step-matched runs at the largest batch: the rule comparison on every variant (the noise variant: the
+    first seed), then the no-clip and no-L2 controls (the first seed)."""
+    k, s = max(cfg.multipliers), cfg.step_matched_steps
+    groups = []
+    for variant in step_variants(cfg):
+        seeds = cfg.step_matched_seeds if variant != "noise" else cfg.step_matched_seeds[:1]
+        groups.append((f"{variant}, step-matched", [
+            Arm(f"{variant}: sqrt ×{k}, {s} steps", rule="sqrt", multiplier=k, steps=s, data=variant),
+            Arm(f"{variant}: CowClip ×{k}, {s} steps", multiplier=k, steps=s, data=variant)], seeds))  # fmt: skip
+    controls = [Arm(f"signal: CowClip rule, no clip ×{k}, {s} steps", multiplier=k, steps=s, clip=False),
+                Arm(f"signal: CowClip ×{k}, {s} steps, no L2", multiplier=k, steps=s, l2_mult=0.0)]
+    groups.append(("no clip, no L2", controls, cfg.step_matched_seeds[:1]))
+    return groups
+
+
+def model_arms(cfg: Config) -> list[Arm]:
+    """A4: every model with the CowClip recipe at the base batch and the largest, epoch-matched."""
+    k = max(cfg.multipliers)
+    return [Arm(f"{name} ×{m}", multiplier=m, model=name) for name in (cfg.model, *cfg.other_models) for m in (1, k)]
+
+
+def sweep_arms(cfg: Config) -> list[Arm]:
+    """B4: CowClip at ``sweep_multiplier`` for the profile's (r, zeta) and every swept pair, and without the clip."""
+    m = cfg.sweep_multiplier
+    return [*(Arm(f"r {r:g}, zeta {z:g}", multiplier=m, r=r, zeta=z) for r, z in ((cfg.r, cfg.zeta), *cfg.sweep)),
+            Arm("no clip", multiplier=m, clip=False)]
+
+
+def run_plan(cfg: Config) -> list[tuple[str, str, list[Arm], tuple[int, ...]]]:
+    """Every run_arms call of the chapter, in the notebook's order: (part, progress label, arms, seeds)."""
+    plan = [("A1 Table 1", "Table 1, full data", table1_arms(cfg, "signal"), cfg.table1_seeds),
+            ("A1 Table 1", "Table 1, high-frequency only", table1_arms(cfg, "hf", cfg.hf_multipliers),
+             cfg.table1_seeds),
+            ("A2 recipe", "CowClip", cowclip_arms(cfg, clip=True), cfg.seeds),
+            ("A2 recipe", "CowClip rule, no clip", cowclip_arms(cfg, clip=False), cfg.seeds),
+            ("A2 recipe", "base and sqrt", plain_arms(cfg), cfg.seeds)]  # fmt: skip
+    plan += [("A3 steps vs epochs", *group) for group in (*regime_groups(cfg), *step_matched_groups(cfg))]
+    plan += [("A4 models", "models", model_arms(cfg), cfg.seeds),
+             ("B4 sweep", "r, zeta sweep", sweep_arms(cfg), cfg.seeds[:1])]
+    return plan
+
+
+# --- the data at a glance (replayable: a recorded run's figure needs no data) ---------------------------------
+
+
+@dataclass
+class Overview:
+    """What the chapter shows about its data before training: sizes, the Bayes-optimal limits (synthetic twin only),
+    the ID-frequency curves (log-spaced ranks, enough to draw them) and the updates-per-epoch figure's points."""
+
+    name: str
+    train_rows: int
+    test_rows: int
+    field_dims: list[int]
+    limits: dict[str, dict] | None  # {"signal" | "hf" | "noise": bayes_metrics} or None (real data)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]  # label -> (ranks, training rows holding the ID of that rank)
+    bucket_id_share: list[float]
+    bucket_row_share: list[float]
+    update_centres: list[float]  # mean occurrences per bin (updates_by_occurrence)
+    updates: dict[int, list[float]]  # batch size -> mean steps that update an ID, per bin
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.field_dims)
+
+
+def _rank_curve(sorted_counts: np.ndarray, points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """(ranks, counts) at ~``points`` log-spaced ranks (first and last included) of a descending count curve's
+    nonzero part: what a log-log plot of it needs."""
+    seen = sorted_counts[sorted_counts > 0]
+    ranks = np.unique(np.round(np.logspace(0, np.log10(max(len(seen), 1)), points)).astype(np.int64))
+    ranks = ranks[ranks <= len(seen)]
+    return ranks, seen[ranks - 1].astype(np.int64)
+
+
+@replay.replayable
+def overview(cfg: Config, seed: int, max_rows: int = 1_000_000) -> Overview:
+    """The data's sizes, limits and frequency figures (``seed``: the epoch order of the updates figure; sets larger
+    than ``max_rows`` rows are represented by a random ``max_rows`` of them there)."""
+    data = load_data(cfg)
+    freq = id_frequency(data)
+    dims = list(data.field_dims)
+    biggest, smallest = int(np.argmax(dims)), int(np.argmin(dims))
+    pooled = np.sort(np.concatenate(freq["sorted_counts"]))[::-1]
+    curves = {"all fields": _rank_curve(pooled),
+              f"largest field ({dims[biggest]:,} IDs)": _rank_curve(freq["sorted_counts"][biggest]),
+              f"smallest field ({dims[smallest]:,} IDs)": _rank_curve(freq["sorted_counts"][smallest])}  # fmt: skip
+    batches = [cfg.base_batch * k for k in (1, *cfg.multipliers)]
+    counts, updates = updates_per_epoch(data, batches, seed=seed, max_rows=max_rows)
+    centres, per_batch = updates_by_occurrence(counts, updates)
+    limits = ({variant: bayes(cfg, variant) for variant in ("signal", "hf", "noise")}
+              if cfg.dataset == "synthetic" else None)  # fmt: skip
+    return Overview(name=data.name, train_rows=len(data.train), test_rows=len(data.test), field_dims=dims,
+                    limits=limits, curves=curves, bucket_id_share=freq["bucket_id_share"],
+                    bucket_row_share=freq["bucket_row_share"], update_centres=centres, updates=per_batch)
+
+
+# --- run time on this device, and trimming to a budget -----------------------------------------------------------
+
+
+def _time_steps(cfg: Config, data: CTRData, multiplier: int, device: torch.device, generator: torch.Generator,
+                steps: int) -> float:  # fmt: skip
+    """Seconds per training step (the median of ``steps``, after one warm-up step) of the chapter's model and
+    optimizer at ``base_batch · multiplier`` (the CowClip recipe), on random rows of the training split."""
+    arm = Arm("probe", multiplier=multiplier)
+    hp = hyperparameters(cfg, arm)
+    batch = min(hp["batch_size"], len(data.train))
+    model = make_model(cfg, arm, data, int(torch.randint(0, 2**31 - 1, (1,), generator=generator)), device)
+    optimizer = CowClip(model, model.embedding, batch_size=batch, warmup_steps=10, clip=hp["clip"], r=hp["r"],
+                        zeta=hp["zeta"], embed_lr=hp["embed_lr"], lr=hp["lr"], l2=hp["l2"], return_rows=hp["clip"],
+                        absent_rows=absent_rows(hp))  # fmt: skip
+    index = torch.randint(0, len(data.train), (batch,), generator=generator).numpy()
+    x = torch.from_numpy(np.asarray(data.train.ids[index])).to(device)
+    dense = None if data.train.dense is None else torch.from_numpy(np.asarray(data.train.dense[index])).to(device)
+    y = torch.from_numpy(np.asarray(data.train.labels[index])).to(device)
+
+    def step():
+        loss = F.binary_cross_entropy_with_logits(model(x, dense), y)
+        loss.backward()
+        optimizer.step(ids=x)
+        optimizer.zero_grad()
+
+    step()  # warm-up: allocations, kernel selection
+    seconds = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))  # one stalled step (a late kernel choice, a busy core) does not set the pace
+
+
+def _time_eval(cfg: Config, data: CTRData, device: torch.device) -> float:
+    """Seconds per test row of an evaluation (one eval batch of the test split, after a warm-up pass)."""
+    model = make_model(cfg, Arm("probe"), data, 0, device)
+    rows = min(cfg.eval_batch, len(data.test))
+    ids, dense, _ = data.test.tensors(device)
+    ids, dense = ids[:rows], None if dense is None else dense[:rows]
+    predict(model, ids, dense, cfg.eval_batch)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    predict(model, ids, dense, cfg.eval_batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / rows
+
+
+def cost_model(cfg: Config, device: torch.device | str | None = None, steps: int = 3):
+    """The probe: time ``steps`` training steps of the chapter's model (their median, after a warm-up step) at the
+    base batch and at the largest batch on this device (CUDA when present, as :func:`train` picks; one thread when the
+    runs go to worker processes, as theirs do), and one evaluation batch. Returns ``Config -> Estimate``: the seconds
+    of each part of the chapter, from the runs :func:`run_plan` lists (each distinct run once, as :func:`run_arms`'s
+    cache trains it), steps x (fixed + per-sample cost, a line through the two probed batches) plus the evaluations;
+    the other models are assumed to cost what DeepFM does; divided by the worker processes when there are any. The
+    data (a Criteo download, say) are loaded before and not counted."""
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = load_data(cfg)
+    generator = torch.Generator().manual_seed(20230101)
+    big = max(cfg.multipliers)
+    threads = torch.get_num_threads()
+    if cfg.workers:
+        torch.set_num_threads(1)
+    try:
+        small_s = _time_steps(cfg, data, 1, device, generator, steps)
+        big_s = _time_steps(cfg, data, big, device, generator, steps)
+        eval_row_s = _time_eval(cfg, data, device)
+    finally:
+        torch.set_num_threads(threads)
+    b0, b1 = cfg.base_batch, min(cfg.base_batch * big, len(data.train))
+    per_sample = max(big_s - small_s, 0.0) / max(b1 - b0, 1)
+    fixed = max(small_s - per_sample * b0, 0.0)
+    train_rows, test_rows = len(data.train), len(data.test)
+    basis = (f"{device.type}, a step at batch {b0:,} {1e3 * small_s:.1f} ms, at {b1:,} {1e3 * big_s:.0f} ms; "
+             f"evaluation {1e6 * eval_row_s:.2f} µs a row" + (f"; {cfg.workers} worker processes" if cfg.workers
+                                                              else ""))  # fmt: skip
+
+    def estimate(c: Config):
+        from accel.experiments.run_time import Estimate
+
+        parts: dict[str, float] = {}
+        seen = set()
+        for part, _, arms, seeds in run_plan(c):
+            parts.setdefault(part, 0.0)
+            for seed in seeds:
+                for arm in arms:
+                    key = run_key(c, arm, seed)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    batch = c.base_batch * arm.multiplier
+                    per_epoch = max(train_rows // batch, 1)
+                    n = arm.steps if arm.steps is not None else round((arm.epochs or c.epochs) * per_epoch)
+                    parts[part] += n * (fixed + per_sample * batch) + math.ceil(n / per_epoch) * test_rows * eval_row_s
+        parallel = max(1, c.workers)
+        return Estimate({part: seconds / parallel for part, seconds in parts.items()}, basis)
+
+    return estimate
 
 
 # --- the chapter's analyses --------------------------------------------------------------------------------------

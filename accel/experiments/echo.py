@@ -3,15 +3,24 @@
 The input side is :class:`accel.datasets.slow.SlowDecoded` (samples stored compressed and decoded with an adjustable
 effort) plus an augmentation. In the smoke and cpu profiles the samples are MNIST-1D signals (augmentation: shift,
 gain, noise) and the model is chapter 01's 1-D CNN, trained with Adam at one fixed learning rate for every arm. The
-paper profile is the paper's own workload: ResNet-32 on CIFAR-10 at batch 128 (augmentation: random crop and flip),
-SGD with Nesterov momentum at one fixed learning rate. The paper re-tuned every arm; we do not, and the chapter says so.
+gpu and paper profiles are the paper's own workload: ResNet-32 on CIFAR-10 at batch 128 (augmentation: random crop and
+flip), SGD with Nesterov momentum at one fixed learning rate; gpu at a size for about 15 minutes on a T4. The paper
+re-tuned every arm; we do not, and the chapter says so.
+
+The functions the notebook calls that train or time (``law_check``, ``fresh_examples_grid``, ``duplicates_table``,
+``wall_clock``, ``data_sizes``) are ``@replayable``: a run records what they return, and ``RESULTS_FROM`` renders it
+again without training. ``cost_model`` is the probe behind the set-up cell's estimate; ``TRIMS`` says what a time
+budget may cut.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,7 +30,7 @@ from torch import nn
 from accel.datasets.cifar import random_crop_flip
 from accel.datasets.slow import SlowDecoded, augment_signal
 from accel.echo import POINTS, echo, echoing_loader
-from accel.experiments import pick_config, slow_input
+from accel.experiments import pick_config, replay, slow_input
 from accel.experiments.slow_input import (
     calibrate_work,
     downstream_seconds,
@@ -31,6 +40,9 @@ from accel.experiments.slow_input import (
     speed_phrase,
 )
 from accel.models.vision import ConvNet1D, resnet32_cifar
+
+if TYPE_CHECKING:  # the chapter modules do not import accel.book at run time (book -> experiments, one way)
+    from accel.experiments.run_time import Estimate
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,13 @@ class Config:
     weight_decay: float = 0.0
     target: float = 88.0  # test accuracy % that counts as "reached"
     eval_every: int = 20  # steps between evaluations (evaluation time is excluded from wall clock)
+    test_samples: int | None = None  # evaluate on the first this many test samples (None: the whole test split)
     max_fresh: int = 200_000  # fresh-example budget per run
+    # For the run-time estimate only (cost_model): fresh examples the baseline is expected to need to reach the
+    # target, and how much an echoed example is assumed to be worth: an arm at echo factor e is assumed to need
+    # expected_fresh · e^-echo_worth fresh examples (1: as good as a fresh one, 0: worth nothing), capped by max_fresh.
+    expected_fresh: int = 127_000  # the cpu profile's recorded baseline (127,147)
+    echo_worth: float = 0.9  # the cpu profile's recorded e = 2, 4, 8 arms: about 0.54, 0.27, 0.15 of the baseline
     shuffle_buffer: int = 1024
     factors: tuple[float, ...] = (1, 2, 4, 8)
     points: tuple[str, ...] = POINTS
@@ -65,14 +83,40 @@ CONFIGS = {
     "smoke": Config(dataset="digits", batch_size=32, lr=1e-2, target=25.0, eval_every=10, max_fresh=10_000,
                     factors=(1, 2), seeds=(0,), law_factors=(1, 2), law_ratios=(3.0,), law_steps=10, law_repeats=1,
                     wall_factors=(1, 2), dup_buffers=(0, 128), dup_batch_sizes=(32,), dup_factors=(2,),
-                    shuffle_buffer=64),
+                    shuffle_buffer=64, expected_fresh=3_840, echo_worth=0.7),
     "cpu": Config(),
+    # The paper's ResNet-32 on CIFAR-10 (real data, downloaded: 170 MB), sized for about 15 minutes on a T4. An
+    # estimate, not a measurement (no GPU was at hand when it was sized): ResNet-32 takes about 0.07 G multiply-adds
+    # (0.14 GFLOPs) forward per image, about 0.42 GFLOPs per image for forward + backward, so 54 GFLOPs per step at
+    # batch 128; a T4 (8 fp32 TFLOP/s) at 30-40% does that in about 20 ms, and a forward pass over the 5,000 test
+    # images used for evaluation in about 0.25 s. Taking a baseline that needs about 175,000 fresh examples (3.5
+    # epochs) to 70% test accuracy, and e = 2 arms 175,000 / 2^0.5 ≈ 124,000 (echo_worth 0.5), `estimate` with those
+    # costs (and 40 µs per image read + 25 µs per decode pass, 0.5 s per loader start) gives:
+    #   section 3, the law: 2 target R × 3 e × 2 repeats of 42-56 timed steps at max(R / e, 1) × 20 ms, with the
+    #     calibrations and probes: 1.3 min;
+    #   section 4, fresh examples: 2 seeds × (a baseline of 1,370 steps + 3 insertion points × 1,930 steps at e = 2)
+    #     = 14,300 steps × 20 ms ≈ 4.8 min, plus 143 evaluations × 0.25 s: 5.4 min;
+    #   section 5, duplicates: 3 million items through the echo stage, 15 s;
+    #   section 6, wall clock at R = 3: 2 seeds × (1,370 fresh batches + 970 at e = 2) × 60 ms ≈ 4.7 min, plus
+    #     evaluations, calibration and loader starts: 5.3 min;
+    # 12.2 min in all, plus the download and storing the images compressed (under a minute). The set-up cell probes
+    # the real device and trims (TRIMS) to BUDGET_MINUTES, 15 by default on a GPU.
+    "gpu": Config(dataset="cifar10", model="resnet32", optimizer="sgd", lr=0.1, weight_decay=5e-4, target=70.0,
+                  eval_every=100, test_samples=5_000, max_fresh=400_000, expected_fresh=175_000, echo_worth=0.5,
+                  shuffle_buffer=10_000, factors=(1, 2), seeds=(0, 1), law_factors=(1, 2, 4), law_steps=40,
+                  law_repeats=2, wall_ratio=3.0, dup_batch_sizes=(128, 1024)),
     # The paper's ResNet-32 on CIFAR-10 workload at batch 128, on a GPU; the input side is CIFAR images stored
     # compressed and decoded with effort, random crop + flip. The target accuracy is our choice.
     "paper": Config(dataset="cifar10", model="resnet32", optimizer="sgd", lr=0.1, weight_decay=5e-4, target=88.0,
                     eval_every=200, max_fresh=5_000_000, shuffle_buffer=10_000, law_steps=200,
-                    seeds=(0, 1, 2), factors=(1, 2, 4, 8, 16), dup_batch_sizes=(128, 1024)),
+                    seeds=(0, 1, 2), factors=(1, 2, 4, 8, 16), dup_batch_sizes=(128, 1024),
+                    expected_fresh=3_000_000, echo_worth=0.5),
 }
+
+#: What a time budget (BUDGET_MINUTES) may cut, in this order, and how far: seeds down to one, the echo factors down
+#: to (1, 2) (the largest goes first), the law's repeats down to one, then the fresh-example budget per run (runs
+#: that need more stop short of the target, and the chapter says so).
+TRIMS = (("seeds", 1), ("factors", 2), ("law_repeats", 1), ("max_fresh", 10_000))
 
 
 def config(profile: str, **overrides) -> Config:
@@ -95,10 +139,17 @@ class Data:
     y_test: torch.Tensor
     augment_one: Callable = augment_signal  # (sample, generator) -> sample: the per-example augmentation (workers)
     augment_many: Callable | None = None  # (x [B, ...], generator) -> x: the same augmentation, a batch at once
+    _decoded: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.augment_many is None:
             self.augment_many = augment_batch
+
+    def decoded(self) -> torch.Tensor:
+        """Every training sample decoded once, stacked [N, ...] (kept: the in-process stream reuses it every run)."""
+        if self._decoded is None:
+            self._decoded = torch.stack([self.train[i][0] for i in range(len(self.train))])
+        return self._decoded
 
 
 def load_data(cfg: Config) -> Data:
@@ -114,11 +165,19 @@ def load_data(cfg: Config) -> Data:
         from accel.datasets import cifar
 
         train_split, test_split = cifar.load_cifar("cifar10")
-        return Data(SlowDecoded(train_split.normalized(), train_split.labels), test_split.normalized(),
-                    test_split.labels, augment_image, random_crop_flip)
+        n = cfg.test_samples
+        return Data(SlowDecoded(train_split.normalized(), train_split.labels), test_split.normalized()[:n],
+                    test_split.labels[:n], augment_image, random_crop_flip)
     else:
         raise ValueError(f"Invalid dataset: {cfg.dataset!r}; allowed: mnist1d, digits, cifar10")
-    return Data(SlowDecoded(train.x, train.y), test.x, test.y)
+    return Data(SlowDecoded(train.x, train.y), test.x[:cfg.test_samples], test.y[:cfg.test_samples])
+
+
+@replay.replayable
+def data_sizes(data: Data) -> dict[str, int]:
+    """{"train": training samples, "test": test samples evaluated}: recorded, so that a recorded run renders without
+    loading its data."""
+    return {"train": len(data.train), "test": len(data.y_test)}
 
 
 def make_model(cfg: Config, seed: int, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -252,7 +311,7 @@ def echo_stream(cfg: Config, data: Data, factor: float, point: str, seed: int) -
     * after_augment: each read is augmented once, so its copies are identical;
     * batch: fresh batches are read and augmented once, then echoed whole.
     """
-    x_all = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    x_all = data.decoded()
     y_all = data.train.labels
     n, b = len(y_all), cfg.batch_size
     if n < b:
@@ -304,6 +363,7 @@ def train_on_stream(cfg: Config, data: Data, *, factor: float, point: str, seed:
     return Run(factor, point, seed, curve, cfg.target)
 
 
+@replay.replayable
 def fresh_examples_grid(cfg: Config, data: Data, device: torch.device, show_progress: bool = True
                         ) -> dict[tuple[float, str], list[Run]]:
     """Fresh examples (and steps) to the target for every echo factor and insertion point, every seed.
@@ -346,6 +406,7 @@ def t_down_probe(cfg: Config, data: Data, device: torch.device, seed: int = 0, r
         return float(np.median([downstream_seconds(step, x, y, 20, device) for _ in range(repeats)]))
 
 
+@replay.replayable
 def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show_progress: bool = True) -> list[dict]:
     """Steps/s measured against the law e / max(t_up, e·t_down), for each target R in cfg.law_ratios and e in
     cfg.law_factors: :func:`accel.experiments.slow_input.law_check` with this chapter's model and batched
@@ -360,6 +421,7 @@ def law_check(cfg: Config, data: Data, device: torch.device, seed: int = 0, show
 
 # --- wall clock to target under a slow input side ------------------------------------------------------------------
 
+@replay.replayable
 def wall_clock(cfg: Config, data: Data, device: torch.device, show_progress: bool = True) -> dict:
     """e = 1 against e > 1 (echoing before augmentation) with an input side R ≈ wall_ratio times slower than a step;
     arms interleaved per seed. Returns the runs and the measured t_up, t_down."""
@@ -380,6 +442,120 @@ def wall_clock(cfg: Config, data: Data, device: torch.device, show_progress: boo
     return {"runs": runs, "work": work, "t_up": t_up, "t_down": t_down}
 
 
+# --- the run-time estimate (the set-up cell's Book.fit) -------------------------------------------------------------
+
+@dataclass
+class Probe:
+    """What :func:`cost_model` measured on this device (seconds), and the sizes of the data it measured on."""
+
+    step: float  # one training step at the config's batch size: batched augmentation, forward, backward, update
+    eval_per_sample: float  # evaluating one test sample (forward pass, in chunks)
+    read: float  # reading and decoding one training sample at work 1 (the input side's fixed cost per sample)
+    work: float  # each further decode pass, per sample
+    loader_start: float  # starting a one-worker loader and receiving its first batch
+    echo_item: float  # one item through the echo stage and the duplicates count (section 5)
+    train_samples: int
+    test_samples: int
+    device: str = "cpu"
+
+
+def probe(cfg: Config, data: Data, device: torch.device, seed: int = 0) -> Probe:
+    """Time the chapter's own pieces at ``cfg``'s sizes on ``device``: three training steps of the config's model and
+    batched augmentation after three warm-up steps (one intra-op thread, as the runs use), an evaluation of up to 256
+    test samples after a warm-up one, 64 sample reads at work 1 and at work 51, one loader start and 20,000 items
+    through the echo stage. Its own seeded generators; about half a second at cpu size."""
+    model, optimizer = make_model(cfg, seed, device)
+    index = torch.arange(cfg.batch_size) % len(data.y_test)
+    x, y = data.x_test[index].to(device), data.y_test[index].to(device)
+    x_eval, y_eval = data.x_test[:256].to(device), data.y_test[:256].to(device)
+    step = trainer_step(model, optimizer, data.augment_many, seed)
+    k = min(64, len(data.train))
+    with single_threaded():
+        step_seconds = downstream_seconds(step, x, y, 3, device)
+        accuracy(model, x_eval, y_eval)
+        start = time.perf_counter()
+        accuracy(model, x_eval, y_eval)
+        eval_seconds = (time.perf_counter() - start) / len(y_eval)
+        reads = []
+        for work in (1, 51):
+            dataset = data.train.with_work(work)
+            start = time.perf_counter()
+            for i in range(k):
+                dataset[i]
+            reads.append((time.perf_counter() - start) / k)
+        start = time.perf_counter()
+        loader = iter(echoing_loader(data.train, batch_size=min(cfg.batch_size, len(data.train)), factor=1,
+                                     point="batch", num_workers=1, seed=seed))
+        next(loader)
+        loader_seconds = time.perf_counter() - start
+        del loader
+        start = time.perf_counter()
+        duplicates_per_batch(10_000, 2, 32, 1024, seed)
+        echo_seconds = (time.perf_counter() - start) / 20_000
+    return Probe(step_seconds, eval_seconds, reads[0], max(reads[1] - reads[0], 0.0) / 50, loader_seconds,
+                 echo_seconds, len(data.train), len(data.y_test), device.type)
+
+
+def estimate(cfg: Config, probe: Probe) -> Estimate:
+    """Seconds per section of the chapter at ``cfg`` from the probed costs: every count the config sets (target R
+    values × echo factors × repeats × timed steps for the law; seeds × arms × steps and evaluations for the fresh
+    examples; seeds × wall-clock arms × fresh batches at max(R, e) steps' time each) times the probed seconds, with
+    the calibrations, probes and loader starts the code makes. Steps to the target are not known before the run: an
+    arm at echo factor e is taken to need ``expected_fresh · e^-echo_worth`` fresh examples (at most ``max_fresh``)."""
+    from accel.experiments.run_time import Estimate
+
+    t, batch = probe.step, cfg.batch_size
+
+    def upstream(work: int) -> float:  # seconds per fresh batch of the input side at this decode effort
+        return batch * (probe.read + (work - 1) * probe.work)
+
+    def calibration(ratio: float) -> float:  # slow_input.calibrate_work: 5 loader runs of 10 batches
+        return 10 * (upstream(1) + upstream(200)) + 30 * ratio * t + 5 * probe.loader_start
+
+    def fresh(e: float) -> float:
+        return min(cfg.expected_fresh * e ** -cfg.echo_worth, cfg.max_fresh)
+
+    def evaluations(steps: float) -> float:
+        return steps / cfg.eval_every * probe.test_samples * probe.eval_per_sample
+
+    law = 3 * 23 * t  # t_down probed alone, three times
+    for ratio in cfg.law_ratios:
+        law += calibration(ratio)
+        for e in cfg.law_factors:
+            law += 10 * ratio * t + 23 * t + probe.loader_start  # both sides probed alone before each e
+            timed = 2 * math.ceil(e) + max(cfg.law_steps, math.ceil(12 * e))  # measured_run: warm-up + window
+            law += cfg.law_repeats * (probe.loader_start + timed * max(ratio / e, 1.0) * t)
+    arms = [1] + [e for e in cfg.factors if e != 1 for _ in cfg.points]
+    grid_steps = sum(fresh(e) * e / batch for e in arms)
+    grid = len(cfg.seeds) * (grid_steps * t + evaluations(grid_steps)) + probe.train_samples * probe.read
+    duplicates = (sum(probe.train_samples * e for e in cfg.dup_factors) * len(cfg.dup_batch_sizes)
+                  * len(cfg.dup_buffers) * probe.echo_item)
+    ratio = cfg.wall_ratio
+    wall = 5 * 23 * t + calibration(ratio) + 12 * ratio * t + probe.loader_start  # t_down, calibration, t_up probes
+    for e in cfg.wall_factors:
+        epochs = math.ceil(fresh(e) / probe.train_samples)  # a loader start per epoch
+        wall += len(cfg.seeds) * (fresh(e) / batch * max(ratio, e) * t + evaluations(fresh(e) * e / batch)
+                                  + epochs * probe.loader_start)
+    basis = (f"{1e3 * t:.1f} ms per training step at batch {batch}, "
+             f"{_seconds(probe.test_samples * probe.eval_per_sample)} per evaluation, {1e6 * probe.read:.0f} µs per "
+             f"sample read + {1e6 * probe.work:.1f} µs per decode pass, "
+             f"{probe.loader_start:.2f} s per loader start ({probe.device}); assumed {cfg.expected_fresh:,} fresh "
+             f"examples to the target without echoing, × e^-{cfg.echo_worth:g} with")
+    return Estimate({"law (section 3)": law, "fresh examples (section 4)": grid, "duplicates (section 5)": duplicates,
+                     "wall clock (section 6)": wall}, basis)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value >= 1 else f"{1e3 * value:.0f} ms"
+
+
+def cost_model(cfg: Config, data: Data, device: torch.device) -> Callable[[Config], Estimate]:
+    """The set-up cell's cost model for ``Book.fit``: :func:`probe` this device once at ``cfg``'s sizes, and return
+    ``Config -> Estimate`` (:func:`estimate` with those costs), which Book.fit evaluates for ``cfg`` and for each
+    trimmed config (``TRIMS``)."""
+    return partial(estimate, probe=probe(cfg, data, device))
+
+
 # --- duplicates per batch ------------------------------------------------------------------------------------------
 
 def duplicates_per_batch(num_items: int, factor: float, batch_size: int, shuffle_buffer: int, seed: int = 0) -> float:
@@ -395,16 +571,25 @@ def duplicates_per_batch(num_items: int, factor: float, batch_size: int, shuffle
     return total / max(batches, 1)
 
 
+@replay.replayable
 def duplicates_table(cfg: Config, num_items: int) -> list[dict]:
-    return [{"echo factor": e, "batch size": b, "shuffle buffer": n,
-             "duplicates per batch": duplicates_per_batch(num_items, e, b, n),
-             "duplicate share": duplicates_per_batch(num_items, e, b, n) / b}
-            for e in cfg.dup_factors for b in cfg.dup_batch_sizes for n in cfg.dup_buffers]
+    """Duplicates per batch (and their share of the batch) for every echo factor, batch size and shuffle buffer of
+    the config, counted on ``num_items`` items (seeded: the same numbers on every machine)."""
+    rows = []
+    for e in cfg.dup_factors:
+        for b in cfg.dup_batch_sizes:
+            for n in cfg.dup_buffers:
+                duplicates = duplicates_per_batch(num_items, e, b, n)
+                rows.append({"echo factor": e, "batch size": b, "shuffle buffer": n,
+                             "duplicates per batch": duplicates, "duplicate share": duplicates / b})
+    return rows
 
 
-def live_run(cfg: Config, data: Data, device: torch.device, factor: float, point: str, ratio: float,
+def live_run(cfg: Config, data: Data | None, device: torch.device, factor: float, point: str, ratio: float,
              seed: int = 0) -> dict:
-    """The explorer's "run" button: train to the target at (factor, point) with an input side R ≈ ratio."""
+    """The explorer's "run" button: train to the target at (factor, point) with an input side R ≈ ratio (``data``
+    None, as when rendering a recorded run: loaded first)."""
+    data = load_data(cfg) if data is None else data
     t_down = t_down_probe(cfg, data, device, seed, repeats=1)
     with single_threaded():
         work = calibrate_work(data.train.with_work, cfg.batch_size, ratio * t_down, seed)
@@ -601,7 +786,7 @@ def law_reading(law_rows: list[dict], side: dict[float, float]) -> str:
             + ", the law fed with each run's own costs: ")
     if below:
         misses = [r for r in below if r["measured / modelled"] < slow_input.law_floor(r["R"])]
-        text += f"{slow_input.value_range([r['measured / modelled'] for r in below], 3)} of it wherever $e \le R$"
+        text += f"{slow_input.value_range([r['measured / modelled'] for r in below], 3)} of it wherever $e \\le R$"
         if misses:
             text += (", so the law's floor was missed at " + "; ".join(
                 f"target R ≈ {r['target R']:g}, e = {r['echo factor']:g} (measured R = {r['R']:.1f}): "
@@ -611,7 +796,7 @@ def law_reading(law_rows: list[dict], side: dict[float, float]) -> str:
         else:
             text += ", every setting at or above its floor"
     else:
-        text += "no setting had $e \le R$ in this run"
+        text += "no setting had $e \\le R$ in this run"
     drift = {t: [r["t_down (ms)"] for r in law_rows if r["target R"] == t] for t in side}
     probed = [r["measured / probed law"] for r in below if "measured / probed law" in r]
     return (text + f"; {max(ratios):.3f} at most anywhere. The crosses do not trace one smooth kinked line because the "
@@ -619,7 +804,7 @@ def law_reading(law_rows: list[dict], side: dict[float, float]) -> str:
             + "; ".join(f"{slow_input.value_range(v, 1)} ms at R ≈ {side[t]:.1f}" for t, v in drift.items())
             + ". Past the kink, steps/s follows $1/t_{down}$, so a faster moment still raises it: that is drift, not "
             "echoing paying beyond $e = R$. The law fed with costs probed alone (dash-dot) is a plan made before the "
-            "run: measured " + (f"steps/s was {slow_input.value_range(probed)} of it where $e \le R$. " if probed else
+            "run: measured " + (f"steps/s was {slow_input.value_range(probed)} of it where $e \\le R$. " if probed else
                                 "steps/s against it is in the last column. ")
             + "Measure $t_{up}$ and $t_{down}$ where you train, more than once.")
 

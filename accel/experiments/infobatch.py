@@ -14,20 +14,25 @@ when pruning changes an epoch's length (a step-count schedule fixed up front wou
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from accel.experiments import pick_config
+from accel.experiments import pick_config, replay
 from accel.experiments.words import plural
 from accel.infobatch import InfoBatch
 from accel.models.vision import ConvNet1D
+
+if TYPE_CHECKING:  # the chapter modules do not import accel.book at run time (book -> experiments, one way)
+    from accel.experiments.run_time import Estimate
 
 PAPER_TABLE1_CIFAR10 = {  # ResNet-18, CIFAR-10, accuracy % at prune ratio 30 / 50 / 70 (paper Table 1)
     "full": 95.6, "static": {0.3: 94.6, 0.5: 93.3, 0.7: 90.2}, "dynamic": {0.3: 94.8, 0.5: 94.5, 0.7: 93.0},
@@ -43,6 +48,8 @@ PAPER_TABLE4_CIFAR100_R18 = {  # CIFAR-100, r = 0.5, ResNet-18, accuracy % (pape
 class Config:
     dataset: str = "mnist1d"  # digits | mnist1d | cifar10 | cifar100
     num_samples: int = 12_000  # MNIST-1D size (train + test)
+    train_samples: int = 0  # 0: every training sample; else a class-balanced subset of about this many
+    test_samples: int = 0  # 0: the whole test set; else a class-balanced subset (every epoch is evaluated on it)
     model: str = "cnn1d"  # cnn1d | resnet18
     width: int = 32
     epochs: int = 40
@@ -61,6 +68,7 @@ class Config:
     sweep_seeds: tuple[int, ...] = (0, 1)
     mc_samples: int = 1000  # samples whose per-sample gradients the Monte-Carlo check uses
     mc_draws: int = 2000
+    mc_warmup_epochs: int = 3  # full-data epochs before the Monte-Carlo check, so that the losses are spread out
     threads: int = 1  # intra-op threads per run (1 keeps wall-clock comparisons clean on a small CPU)
     target_accuracy: float = 95.5  # the ledger's target: test accuracy %, first crossing (evaluated every epoch)
 
@@ -70,6 +78,20 @@ CONFIGS = {
                     sweep_ratios=(0.3, 0.5), sweep_deltas=(0.875,), sweep_seeds=(0,), mc_samples=200, mc_draws=100,
                     target_accuracy=90.0),
     "cpu": Config(),
+    # gpu: the paper's model and recipe (ResNet-18, SGD 0.05 with OneCycle, crop + flip, batch 128, label smoothing) on
+    # real CIFAR-10, cut to fit about 15 minutes on a T4. Arithmetic (an estimate: no GPU was at hand to measure it):
+    # ResNet-18 for 32x32 inputs is ~0.56 GFLOPs forward per image, ~1.7 GFLOPs per training image (x3); a T4 gives
+    # ~8 fp32 TFLOP/s, ~2.8 at 35% use: ~0.6 ms per training image, ~0.2 ms per test image. With 8,000 training images
+    # (800 per class) and 10 epochs, one full-data run is 80,000 sample-iterations (~48 s). Pruning skips r x ~0.65 (the
+    # below-mean share) in epochs 1-8, so per seed Table 1 (full, r = 0.3/0.5/0.7, two matched random arms) is ~4.7
+    # runs' worth and Table 4 ~2.2; times 2 seeds: ~13.7 runs. The sweeps add r = 0.9 and delta = 0.5 and 1 at one
+    # seed (~2.1), Table 1's per-epoch test evaluations 120 x 2,000 images (~50 s), the Monte Carlo one warm-up epoch
+    # and 64 per-sample gradients (~10 s). Total ~15.8 x 48 s + 60 s = ~14 min. The set-up cell probes the real
+    # device, prints its own estimate and trims (TRIMS) to BUDGET_MINUTES, 15 by default on this profile.
+    "gpu": Config(dataset="cifar10", model="resnet18", train_samples=8_000, test_samples=2_000, epochs=10,
+                  batch_size=128, lr=0.05, schedule="onecycle", augment=True, seeds=(0, 1),
+                  sweep_ratios=(0.3, 0.5, 0.7, 0.9), sweep_deltas=(0.5, 0.875, 1.0), sweep_seeds=(0,), mc_samples=64,
+                  mc_draws=1000, mc_warmup_epochs=1, threads=0, target_accuracy=60.0),
     "paper": Config(dataset="cifar10", model="resnet18", epochs=200, batch_size=128, lr=0.05, schedule="onecycle",
                     augment=True, mc_samples=256, mc_draws=2000, sweep_seeds=(0,), threads=0,
                     target_accuracy=94.5),
@@ -92,27 +114,77 @@ class Data:
 
 
 def load_data(cfg: Config, device: torch.device) -> Data:
-    """The profile's dataset, whole, on ``device`` (small enough for memory; no DataLoader needed)."""
+    """The profile's dataset on ``device`` (small enough for memory; no DataLoader needed): whole, or the class-balanced
+    subsets ``train_samples`` / ``test_samples`` ask for."""
     if cfg.dataset == "digits":
         from accel.datasets.digits import load_digits_1d
 
         train, test = load_digits_1d(seed=0)
-        num_classes = 10
+        x, y, x_test, y_test, num_classes = train.x, train.y, test.x, test.y, 10
     elif cfg.dataset == "mnist1d":
         from accel.datasets.mnist1d import load_mnist1d
 
         train, test = load_mnist1d(cfg.num_samples)
-        num_classes = 10
+        x, y, x_test, y_test, num_classes = train.x, train.y, test.x, test.y, 10
     elif cfg.dataset in ("cifar10", "cifar100"):
         from accel.datasets.cifar import load_cifar
 
         train_split, test_split = load_cifar(cfg.dataset)
+        x, y, x_test, y_test = (train_split.normalized(), train_split.labels, test_split.normalized(),
+                                test_split.labels)
         num_classes = len(train_split.classes)
-        return Data(train_split.normalized().to(device), train_split.labels.to(device),
-                    test_split.normalized().to(device), test_split.labels.to(device), num_classes)
     else:
         raise ValueError(f"Invalid dataset: {cfg.dataset!r}; allowed: digits, mnist1d, cifar10, cifar100")
-    return Data(train.x.to(device), train.y.to(device), test.x.to(device), test.y.to(device), num_classes)
+    (x, y), (x_test, y_test) = balanced_subset(x, y, cfg.train_samples), balanced_subset(x_test, y_test,
+                                                                                        cfg.test_samples)
+    return Data(x.to(device), y.to(device), x_test.to(device), y_test.to(device), num_classes)
+
+
+def balanced_subset(x: torch.Tensor, y: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count // classes`` samples of each class, in their original order (0 or ``count`` >= len: all)."""
+    if not isinstance(count, int) or count < 0:
+        raise ValueError(f"Invalid sample count: {count!r}; expected 0 (all) or a positive int")
+    if count == 0 or count >= len(y):
+        return x, y
+    classes = torch.unique(y)
+    per_class = max(1, count // len(classes))
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in classes]).sort().values
+    return x[keep], y[keep]
+
+
+class LazyData:
+    """``load_data(cfg, device)``, run on first use of the data. A chapter rendered from a recorded run
+    (``RESULTS_FROM``) reads the sizes from the recording (``data_sizes``) and never loads, or downloads, the data,
+    unless a live run asks for it."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self._cfg, self._device, self._data = cfg, device, None
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._data is None:
+            self._data = load_data(self._cfg, self._device)
+        return getattr(self._data, name)
+
+
+def open_data(cfg: Config, device: torch.device) -> LazyData:
+    """The profile's dataset, loaded when first used (see ``LazyData``)."""
+    return LazyData(cfg, device)
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    train: int
+    test: int
+    num_classes: int
+
+
+@replay.replayable
+def data_sizes(data: Data) -> DataSizes:
+    """How many training and test samples, and classes, the chapter's data has (recorded, so a rendered run needs no
+    data)."""
+    return DataSizes(len(data.y), len(data.y_test), data.num_classes)
 
 
 def make_model(cfg: Config, num_classes: int, seed: int, device: torch.device) -> nn.Module:
@@ -179,8 +251,9 @@ class Run:
     used: int  # sample-iterations trained
     total: int  # sample-iterations of full-data training (N · epochs)
     seconds: float  # training wall clock (the epoch's draw included), evaluation excluded
-    # per epoch: used, pruned, steps, seconds, draw_seconds, update_seconds; scores (InfoBatch) and accuracy (when
-    # the run records its curve)
+    # per epoch: used, pruned, steps, seconds, draw_seconds, update_seconds; for InfoBatch, below_mean (the share of
+    # samples whose score is below the mean when the epoch's list is drawn) and, in the epochs asked for
+    # (score_epochs), the scores themselves; accuracy when the run records its curve
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -225,6 +298,18 @@ class _FixedOrDynamicSubset:
         return subset[torch.randperm(len(subset), generator=generator)]
 
 
+@contextlib.contextmanager
+def intra_op_threads(threads: int):
+    """``torch.set_num_threads(threads)`` inside the block, the previous count after it (0: leave it as it is)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _augment(cfg: Config, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if not cfg.augment:
         return x
@@ -234,13 +319,15 @@ def _augment(cfg: Config, x: torch.Tensor, generator: torch.Generator) -> torch.
 
 
 def train(cfg: Config, data: Data, arm: Arm, seed: int, device: torch.device, *,
-          progress: Callable[[int], None] | None = None, record_curve: bool = False) -> Run:
+          progress: Callable[[int], None] | None = None, record_curve: bool = False,
+          score_epochs: Collection[int] = ()) -> Run:
     """Train one arm from the seed's initialisation; returns accuracy, sample-iterations used and wall clock.
 
     The timed region is the epoch's draw (the sampler's bookkeeping) and its steps; each epoch also records the draw's
     and ``update``'s own seconds, so the method's overhead can be shown apart. For InfoBatch arms the history keeps
-    each epoch's scores as they were when its list was drawn (for the loss histograms); copying them is outside the
-    timed region, as is the per-epoch test evaluation of ``record_curve``."""
+    each epoch's share of samples below the mean score, and in ``score_epochs`` the scores themselves, as they were
+    when the list was drawn (for the loss histograms); reading them is outside the timed region, as is the per-epoch
+    test evaluation of ``record_curve``."""
     n = len(data.y)
     model = make_model(cfg, data.num_classes, seed, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -255,7 +342,7 @@ def train(cfg: Config, data: Data, arm: Arm, seed: int, device: torch.device, *,
         torch.set_num_threads(cfg.threads)
     try:
         for epoch in range(cfg.epochs):
-            scores = sampler.scores.detach().cpu().clone() if sampler is not None else None
+            scores = sampler.scores.detach().cpu().numpy().copy() if sampler is not None else None
             start = time.perf_counter()
             if sampler is not None:
                 sampler.set_epoch(epoch)
@@ -292,7 +379,9 @@ def train(cfg: Config, data: Data, arm: Arm, seed: int, device: torch.device, *,
             entry = {"epoch": epoch, "used": len(order), "pruned": n - len(order), "steps": steps,
                      "seconds": epoch_seconds, "draw_seconds": draw_seconds, "update_seconds": update_seconds}
             if scores is not None:
-                entry["scores"] = scores.numpy()
+                entry["below_mean"] = float((scores < scores.mean()).mean())
+                if epoch in score_epochs:
+                    entry["scores"] = scores
             if record_curve:
                 entry["accuracy"] = evaluate(model, data.x_test, data.y_test)
             history.append(entry)
@@ -342,23 +431,38 @@ def matched_arms(cfg: Config, saved: float) -> list[Arm]:
             Arm("Random* dynamic (matched saving)", "dynamic", keep=dynamic_keep, delta=cfg.delta)]
 
 
+def reference_arm(cfg: Config) -> str:
+    """The InfoBatch arm the chapter looks inside and matches the random prunings to: r = 0.5, else the first r."""
+    return infobatch_arm(0.5 if 0.5 in cfg.ratios else cfg.ratios[0]).name
+
+
+def histogram_epochs(cfg: Config) -> list[int]:
+    """The epochs whose score histograms the chapter shows: 1 (the first scored by the model), a quarter and half
+    through, the last before annealing and the last."""
+    anneal_from = math.ceil(cfg.delta * cfg.epochs)
+    return sorted({1, max(1, cfg.epochs // 4), max(1, cfg.epochs // 2), max(1, anneal_from - 1), cfg.epochs - 1})
+
+
+@replay.replayable
 def table1(cfg: Config, data: Data, device: torch.device, show_progress: bool = True) -> dict[str, list[Run]]:
     """Full data; InfoBatch at each r; static and dynamic random pruning at InfoBatch r=0.5's measured saving.
-    Every run records its per-epoch test accuracy (the ledger's curves).
+    Every run records its per-epoch test accuracy (the ledger's curves); the reference arm's first seed also keeps its
+    scores in the ``histogram_epochs``.
 
     Seed-major: for each seed, every arm runs back to back, the random-pruning arms matched to that seed's InfoBatch
     run, so the machine's drift in speed falls on all arms alike."""
     from accel.experiments.progress import progress_bar
 
     arms = [Arm("full data", "full")] + [infobatch_arm(r, cfg.delta) for r in cfg.ratios]
-    reference = infobatch_arm(0.5 if 0.5 in cfg.ratios else cfg.ratios[0]).name
+    reference = reference_arm(cfg)
     runs: dict[str, list[Run]] = {}
     total = (len(arms) + 2) * len(cfg.seeds) * cfg.epochs
     with progress_bar(total=total, desc="Table 1", unit="epoch", disable=not show_progress) as bar:
         for seed in cfg.seeds:
             for arm in arms:
+                keep = histogram_epochs(cfg) if arm.name == reference and seed == cfg.seeds[0] else ()
                 runs.setdefault(arm.name, []).append(train(cfg, data, arm, seed, device, progress=bar.update,
-                                                           record_curve=True))
+                                                           record_curve=True, score_epochs=keep))
             for arm in matched_arms(cfg, runs[reference][-1].saved):
                 runs.setdefault(arm.name, []).append(train(cfg, data, arm, seed, device, progress=bar.update,
                                                            record_curve=True))
@@ -596,6 +700,7 @@ ABLATION = {
 }
 
 
+@replay.replayable
 def table4(cfg: Config, data: Data, device: torch.device, show_progress: bool = True) -> dict[str, list[Run]]:
     """The three partial variants of InfoBatch at r = 0.5 (the full method and baselines come from Table 1)."""
     arms = [infobatch_arm(0.5, cfg.delta, name=name, **switches) for name, switches in ABLATION.items()]
@@ -604,9 +709,20 @@ def table4(cfg: Config, data: Data, device: torch.device, show_progress: bool = 
 
 # --- Figure 3 sweeps ------------------------------------------------------------------------------------------------
 
+def sweep_arms(cfg: Config) -> dict[str, dict[float, Arm]]:
+    """The sweeps' arms: InfoBatch at each r of ``sweep_ratios`` (delta fixed), and at r = 0.5 for each delta of
+    ``sweep_deltas`` (the default delta's arm is Table 1's)."""
+    return {"ratio": {r: infobatch_arm(r, cfg.delta) for r in cfg.sweep_ratios},
+            "delta": {d: infobatch_arm(0.5, d, name=f"InfoBatch r=0.5 delta={d:g}") if d != cfg.delta
+                      else infobatch_arm(0.5, d) for d in cfg.sweep_deltas}}
+
+
+@replay.replayable
 def sweeps(cfg: Config, data: Data, device: torch.device, known: dict[str, list[Run]] | None = None,
            show_progress: bool = True) -> dict[str, dict[float, list[Run]]]:
-    """Accuracy and saving against r (delta fixed) and against delta (r = 0.5); re-uses runs already made."""
+    """Accuracy and saving against r (delta fixed) and against delta (r = 0.5); re-uses runs already made. The runs
+    come without their per-epoch history: the sweeps show end-of-run numbers only, and the recorded results file
+    then holds no second copy of Table 1's histories."""
     known = known or {}
     seeds = list(cfg.sweep_seeds)
 
@@ -618,10 +734,8 @@ def sweeps(cfg: Config, data: Data, device: torch.device, known: dict[str, list[
         fresh = run_arms(cfg, data, [arm], missing, device, f"sweep: {arm.name}", show_progress)[arm.name]
         return sorted(have + fresh, key=lambda r: r.seed)
 
-    by_ratio = {r: runs_for(infobatch_arm(r, cfg.delta)) for r in cfg.sweep_ratios}
-    by_delta = {d: runs_for(infobatch_arm(0.5, d, name=f"InfoBatch r=0.5 delta={d:g}") if d != cfg.delta
-                            else infobatch_arm(0.5, d)) for d in cfg.sweep_deltas}
-    return {"ratio": by_ratio, "delta": by_delta}
+    return {kind: {x: [replace(run, history=[]) for run in runs_for(arm)] for x, arm in arms.items()}
+            for kind, arms in sweep_arms(cfg).items()}
 
 
 def table4_rows(table1_runs: dict[str, list[Run]], ablation_runs: dict[str, list[Run]],
@@ -885,8 +999,9 @@ def sweep_readout(cfg: Config, sweep: dict[str, dict[float, list[Run]]], full_ac
 
 # --- unbiasedness -------------------------------------------------------------------------------------
 
-def per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """[n, num_params]: the gradient of each sample's loss, via torch.func (vmap over grad)."""
+def _per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      label_smoothing: float) -> dict[str, torch.Tensor]:
+    """Per parameter, [n, *shape]: the gradient of each sample's loss, via torch.func (vmap over grad)."""
     from torch.func import functional_call, grad, vmap
 
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -895,20 +1010,43 @@ def per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lab
         out = functional_call(model, p, (xi[None],))
         return F.cross_entropy(out, yi[None], label_smoothing=label_smoothing)
 
-    grads = vmap(grad(loss_of), in_dims=(None, 0, 0))(params, x, y)
-    return torch.cat([g.reshape(len(x), -1) for g in grads.values()], dim=1)
+    return vmap(grad(loss_of), in_dims=(None, 0, 0))(params, x, y)
 
 
+def gradient_gram(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """[n, n] float64: the inner products g_i · g_j of the per-sample gradients, summed parameter by parameter (no
+    [n, num_params] copy in float64: ResNet-18's 11 M parameters would need 90 MB per sample). A model with batch norm
+    should be in eval mode, so that a sample's gradient does not depend on the rest of its batch."""
+    grads = _per_sample_grads(model, x, y, label_smoothing)
+    gram = torch.zeros(len(x), len(x), dtype=torch.float64, device=x.device)
+    for g in grads.values():
+        flat = g.reshape(len(x), -1).double()
+        gram += flat @ flat.T
+    return gram
+
+
+@replay.replayable
 def unbiasedness(cfg: Config, data: Data, device: torch.device, prune_ratio: float = 0.5, seed: int = 0,
-                 warmup_epochs: int = 3) -> dict:
+                 warmup_epochs: int | None = None) -> dict:
     """Monte Carlo: over many pruning draws, does the pruned epoch's gradient average to the full-data gradient?
 
-    A model is trained for ``warmup_epochs`` (so the losses are spread out), then for ``mc_samples`` samples we take
-    per-sample gradients g_i and losses (the scores). Each draw d gives kept set K_d and weights w; an estimator's
-    gradient is (1/n) Σ_{i in K_d} w_i g_i. Four estimators: prune below the mean or above it, with the 1/(1-r)
-    rescale or without. Reported: relative bias ||E[ĝ] - g|| / ||g|| (with its Monte-Carlo standard error) and the
-    relative spread of single draws.
+    A model is trained for ``warmup_epochs`` (None: the config's ``mc_warmup_epochs``; so the losses are spread out),
+    then for ``mc_samples`` samples we take per-sample gradients g_i and losses (the scores), in eval mode. Each draw d
+    gives kept set K_d and weights w; an estimator's gradient is ĝ_d = (1/n) Σ_{i in K_d} w_i g_i. Four estimators:
+    prune below the mean or above it, with the 1/(1-r) rescale or without. Reported: relative bias
+    ||E[ĝ] - g|| / ||g|| (with its Monte-Carlo standard error) and the relative spread of single draws.
+
+    Every norm is a quadratic form in the Gram matrix K_ij = g_i · g_j: with a_d = (w_d - 1)/n (w_d the draw's weights,
+    0 for a pruned sample), ĝ_d - g = Σ_i a_di g_i, so ||ĝ_d - g||² = a_d K a_dᵀ. Nothing of size draws × parameters
+    is formed, which keeps ResNet-18 within a GPU's memory. Runs with the config's ``threads``, as ``train`` does.
     """
+    with intra_op_threads(cfg.threads):
+        return _unbiasedness(cfg, data, device, prune_ratio, seed,
+                             cfg.mc_warmup_epochs if warmup_epochs is None else warmup_epochs)
+
+
+def _unbiasedness(cfg: Config, data: Data, device: torch.device, prune_ratio: float, seed: int,
+                  warmup_epochs: int) -> dict:
     warm = replace(cfg, epochs=warmup_epochs)
     model = make_model(cfg, data.num_classes, seed, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -924,10 +1062,11 @@ def unbiasedness(cfg: Config, data: Data, device: torch.device, prune_ratio: flo
     n = min(cfg.mc_samples, len(data.y))
     subset = torch.randperm(len(data.y), generator=generator)[:n].to(device)
     x, y = data.x[subset], data.y[subset]
-    g = per_sample_gradients(model, x, y, cfg.label_smoothing).double()  # [n, P]
+    model.eval()  # batch norm: each sample's loss and gradient on its own, with the running statistics
+    gram = gradient_gram(model, x, y, cfg.label_smoothing)  # [n, n]
     with torch.no_grad():
         losses = F.cross_entropy(model(x), y, reduction="none", label_smoothing=cfg.label_smoothing)
-    full = g.mean(0)
+    full_norm = gram.sum().clamp(min=0).sqrt() / n  # ||g||, g = (1/n) Σ g_i
 
     def draws(above: bool) -> torch.Tensor:
         """[draws, n] kept-mask × weight of each draw, from the real sampler (scores negated to prune above)."""
@@ -945,9 +1084,10 @@ def unbiasedness(cfg: Config, data: Data, device: torch.device, prune_ratio: flo
         weighted = draws(above)
         for rescale in (True, False):
             effective = weighted if rescale else (weighted > 0).double()
-            estimates = effective.to(device) @ g / n  # [draws, P]
-            bias = (estimates.mean(0) - full).norm() / full.norm()
-            spread = (estimates - full).norm(dim=1) / full.norm()
+            a = (effective.to(device) - 1.0) / n  # [draws, n]: ĝ_d - g = a_d @ [g_i]
+            mean_a = a.mean(0)
+            bias = (mean_a @ gram @ mean_a).clamp(min=0).sqrt() / full_norm
+            spread = ((a @ gram) * a).sum(1).clamp(min=0).sqrt() / full_norm
             stderr = spread.pow(2).mean().sqrt() / math.sqrt(cfg.mc_draws)
             name = f"{'prune ' + side}, {'rescaled' if rescale else 'not rescaled'}"
             out[name] = {"bias": bias.item(), "bias_stderr": stderr.item(), "spread": spread.mean().item(),
@@ -956,8 +1096,148 @@ def unbiasedness(cfg: Config, data: Data, device: torch.device, prune_ratio: flo
 
 
 def live_run(cfg: Config, data: Data, device: torch.device, prune_ratio: float, delta: float, seed: int = 0) -> dict:
-    """The explorer's "run" button: one InfoBatch run and one full-data run at this seed."""
+    """The explorer's "run" button: one InfoBatch run and one full-data run at this seed. Not recorded: it trains live
+    at whatever the reader chose, also when the rest of the chapter is rendered from a recorded run."""
     ib = train(cfg, data, infobatch_arm(prune_ratio, delta), seed, device)
     full = train(cfg, data, Arm("full data", "full"), seed, device)
     return {"InfoBatch accuracy %": ib.accuracy, "full-data accuracy %": full.accuracy,
             "sample-iterations saved %": 100 * ib.saved, "wall clock saved %": 100 * (1 - ib.seconds / full.seconds)}
+
+
+# --- run time: the probe and the cost model -----------------------------------------------------------------------
+
+#: What ``Book.fit`` trims, in this order, to fit BUDGET_MINUTES: the sweeps' seeds, then the tables' seeds (each down
+#: to one), then epochs (down to 4: epoch 0 and the annealing epochs prune nothing, so fewer leaves little to prune).
+TRIMS = (("sweep_seeds", 1), ("seeds", 1), ("epochs", 4))
+
+#: The share of samples below the mean score that the estimate assumes while InfoBatch prunes (the cpu profile's run
+#: measured 0.68); it sets how many steps the pruned runs are expected to take.
+ASSUMED_BELOW_MEAN = 0.65
+#: A per-sample gradient (vmap over grad) against one sample's share of a batched training step: a rough factor (the
+#: smoke profile's small CNN on a CPU measured about 20; the part is small either way).
+PER_SAMPLE_GRADIENT_FACTOR = 20.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Seconds measured on the reader's device at a config's sizes (``probe``)."""
+
+    step_s: float  # one training step of ``batch`` samples: augment, forward, per-sample loss, backward, SGD step
+    batch: int
+    eval_s: float  # one test sample's forward pass, batched as ``evaluate`` does
+    draw_s: float  # one InfoBatch draw over the training set: set_epoch and reading the list
+    mc_draw_s: float  # one Monte-Carlo draw over ``mc_samples`` samples: set_epoch, the list and its weights
+    train: int  # training samples
+    test: int  # test samples
+
+
+def probe(cfg: Config, data: Data, device: torch.device, steps: int = 3, warmup: int = 2) -> Probe:
+    """Time ``steps`` training steps of the chapter's model at ``cfg``'s batch size on ``device`` (after ``warmup``
+    steps), a batched test forward pass, and InfoBatch's draws. The model is a throwaway; every random number comes
+    from its own generator."""
+    n, test = len(data.y), len(data.y_test)
+    generator = torch.Generator().manual_seed(0)
+    augment_generator = torch.Generator(device=device).manual_seed(0)
+    model = make_model(cfg, data.num_classes, 0, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    index = torch.randperm(n, generator=generator)[:cfg.batch_size].to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def step() -> None:
+        losses = F.cross_entropy(model(_augment(cfg, data.x[index], augment_generator)), data.y[index],
+                                 reduction="none", label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        optimizer.step()
+
+    with intra_op_threads(cfg.threads):
+        for _ in range(warmup):
+            step()
+        sync()
+        tick = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        step_s = (time.perf_counter() - tick) / steps
+        m = min(test, 512)
+        evaluate(model, data.x_test[:m], data.y_test[:m])
+        tick = time.perf_counter()
+        evaluate(model, data.x_test[:m], data.y_test[:m])
+        eval_s = (time.perf_counter() - tick) / m
+
+    def draw_seconds(size: int, weights: bool) -> float:
+        sampler = InfoBatch(size, 10, 0.5, delta=1.0, seed=0)
+        sampler.update(torch.arange(size), torch.rand(size, generator=generator))
+        tick = time.perf_counter()
+        for epoch in (1, 2):
+            sampler.set_epoch(epoch)
+            kept = torch.tensor(list(iter(sampler)))
+            if weights:
+                sampler.weights(kept)
+        return (time.perf_counter() - tick) / 2
+
+    return Probe(step_s, len(index), eval_s, draw_seconds(n, False), draw_seconds(min(cfg.mc_samples, n), True), n,
+                 test)
+
+
+def expected_used(cfg: Config, arm: Arm, n: int) -> list[int]:
+    """Samples each epoch of ``arm`` is expected to train on: InfoBatch skips r of the ``ASSUMED_BELOW_MEAN`` share in
+    its pruning epochs (1 to delta·C); static and Random* keep their ``keep`` share (Random* only before delta·C)."""
+    if arm.kind == "full":
+        return [n] * cfg.epochs
+    if arm.kind == "infobatch":
+        below = int(round(ASSUMED_BELOW_MEAN * n))
+        pruned = below - math.floor((1 - arm.prune_ratio) * below)
+        return [n - pruned if 1 <= epoch < arm.delta * cfg.epochs else n for epoch in range(cfg.epochs)]
+    kept = int(round(arm.keep * n))
+    if arm.kind == "static":
+        return [kept] * cfg.epochs
+    return [kept if epoch < arm.delta * cfg.epochs else n for epoch in range(cfg.epochs)]
+
+
+def estimate(cfg: Config, measured: Probe) -> Estimate:
+    """Seconds per part of the chapter at ``cfg``'s counts (arms × seeds × epochs × steps), from the probe's
+    seconds per step (scaled to ``cfg``'s batch size, compute-bound), per test sample and per draw."""
+    from accel.experiments.run_time import Estimate  # imported here: see the TYPE_CHECKING import above
+
+    n, step_s = measured.train, measured.step_s * cfg.batch_size / measured.batch
+
+    def run_s(arm: Arm, evaluations: int) -> float:
+        used = expected_used(cfg, arm, n)
+        draws = cfg.epochs * measured.draw_s if arm.kind == "infobatch" else 0.0
+        return sum(math.ceil(u / cfg.batch_size) for u in used) * step_s + draws + evaluations * measured.test * \
+            measured.eval_s
+
+    reference = infobatch_arm(0.5 if 0.5 in cfg.ratios else cfg.ratios[0], cfg.delta)
+    saved = 1 - sum(expected_used(cfg, reference, n)) / (n * cfg.epochs)
+    table1_arms = [Arm("full data", "full")] + [infobatch_arm(r, cfg.delta) for r in cfg.ratios]
+    table1_arms += matched_arms(cfg, saved)
+    ablation = [infobatch_arm(0.5, cfg.delta, name=name, **switches) for name, switches in ABLATION.items()]
+    known = {arm.name for arm in table1_arms + ablation}
+    sweep_s = 0.0
+    for arms in sweep_arms(cfg).values():
+        for arm in arms.values():
+            missing = [s for s in cfg.sweep_seeds if arm.name not in known or s not in cfg.seeds]
+            sweep_s += len(missing) * run_s(arm, 1)
+    mc_n = min(cfg.mc_samples, n)
+    monte_carlo = (cfg.mc_warmup_epochs * math.ceil(n / cfg.batch_size) * step_s
+                   + mc_n * PER_SAMPLE_GRADIENT_FACTOR * step_s / cfg.batch_size
+                   + 2 * cfg.mc_draws * measured.mc_draw_s + mc_n * measured.eval_s)
+    parts = {"Table 1": len(cfg.seeds) * sum(run_s(arm, cfg.epochs + 1) for arm in table1_arms),
+             "Table 4": len(cfg.seeds) * sum(run_s(arm, 1) for arm in ablation),
+             "sweeps": sweep_s, "Monte Carlo": monte_carlo}
+    basis = (f"{1000 * measured.step_s:.1f} ms per training step of {measured.batch} {cfg.model} samples, "
+             f"{1e6 * measured.eval_s:.0f} µs per test sample; InfoBatch's saving from an assumed "
+             f"{ASSUMED_BELOW_MEAN:.0%} of samples below the mean")
+    return Estimate(parts, basis)
+
+
+def cost_model(cfg: Config, data: Data, device: torch.device) -> Callable[[Config], Estimate]:
+    """``Book.fit``'s cost model: probe this device once at ``cfg``'s sizes (``probe``: a few training steps, well
+    under a second at smoke size), and return ``Config -> Estimate``, the seconds per part of the chapter (Table 1,
+    Table 4, sweeps, Monte Carlo) of any config that differs from ``cfg`` in seeds, epochs or sweep seeds."""
+    measured = probe(cfg, data, device)
+    return lambda c: estimate(c, measured)

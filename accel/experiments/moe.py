@@ -1,7 +1,8 @@
 """Chapter 04, ST-MoE: configs per profile and one function per table or figure.
 
 Every run trains :class:`accel.models.lm.TransformerLM` (byte-level, RMSNorm with scale, GEGLU, an
-:class:`accel.moe.MoE` FFN in every second layer) on random windows of a byte corpus and reports the validation
+:class:`accel.moe.MoE` FFN in every second layer) on random windows of a byte corpus (the Python standard library's
+source in the smoke and cpu profiles, enwik8 in the gpu and paper profiles) and reports the validation
 cross-entropy in nats per byte (lower is better; the paper reports negative log perplexity, higher is better, per
 SentencePiece token, so only orderings compare). An :class:`Arm` says what differs from the profile's recipe.
 
@@ -17,6 +18,12 @@ MoE layer by one dense FFN ``top_k`` experts wide (:class:`WideFFN`), so the two
 
 A run *diverges* when its training loss becomes non-finite or exceeds ``Config.diverge_loss`` (twice the loss of a
 uniform guess over 256 bytes); it stops there and is counted, not hidden.
+
+The functions that train (:func:`run_arms`, :func:`capacity_table`, :func:`balance_study`,
+:func:`expert_count_table`, :func:`routing_by_class`) are ``@replay.replayable``: a chapter run records what they
+return, and a later one started with ``RESULTS_FROM`` gets it back without training. So they return runs without
+their models (a run keeps its parameter counts); the models stay in the run cache the chapter passes around.
+:func:`cost_model` is the set-up cell's estimate of the run time on the reader's device.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,10 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from accel.datasets.text import TextCorpus, ValidationWindows, load_corpus, random_windows
-from accel.experiments import pick_config
+from accel.experiments import pick_config, replay
 from accel.experiments.words import number_text, plural
-from accel.models.lm import FeedForward, TransformerLM
+from accel.models.lm import FeedForward, LMConfig, TransformerLM
 from accel.moe import expert_capacity
+
+if TYPE_CHECKING:  # accel.book's type; imported at run time only inside cost_model (the chapters do not import book)
+    from accel.experiments.run_time import Estimate
 
 # --- paper numbers (ST-MoE, arXiv 2202.08906) -----------------------------------------------------------------------
 
@@ -78,6 +89,8 @@ STRESSORS = {  # id -> (name, what the arm changes)
 class Config:
     corpus: str = "python-stdlib"  # python-stdlib | enwik8
     corpus_bytes: int | None = 4 * 2**20  # python-stdlib only
+    corpus_url: str | None = None  # enwik8 only: another source in its format (a mirror, a test fixture); None: the
+    corpus_sha256: str | None = None  # public file (accel.datasets.text.ENWIK8_URL) and its pinned SHA-256
     # the model (LMConfig fields)
     d_model: int = 64
     n_layers: int = 2  # layer 2 is the MoE layer (moe_every = 2)
@@ -120,6 +133,30 @@ CONFIGS = {
                     drop_factors=(1.0, 2.0), expert_counts=(1, 4), corpus_bytes=2**20,
                     stressors=("fp16", "no_norm"), val_every=5),
     "cpu": Config(),
+    # A T4-class GPU (about 8 fp32 TFLOP/s; assume 35% of it, 2.8 TFLOP/s, for a model this small) in about 15
+    # minutes, on enwik8. An estimate from arithmetic, not a measurement (no GPU was at hand when it was sized):
+    #   the model: d_model 256, 4 layers (layers 2 and 4 MoE), 8 GEGLU experts of d_ff 512, top-2: 8.26M parameters,
+    #     3,477,504 of them the weights one token multiplies (active_weights: no position table, norms or experts
+    #     it does not visit);
+    #   FLOPs per token = 6 x 3.48M (Kaplan et al.'s 6N) + 6 x layers x seq_len x d_model (attention) = 22.4M;
+    #   one step = 16 windows x 256 bytes = 4,096 tokens (the paper's group size for its uniform-floor numbers)
+    #     x 22.4M = 9.2e10 FLOPs, 32 ms at 2.8 TFLOP/s;
+    #   runs: 12 stability + 18 stressor + 9 router-precision + 6 capacity + 3 balance + 3 expert-count + 2 ledger
+    #     = 53 distinct runs (the others are shared through the run cache) x 400 steps = 21,200 steps ~ 690 s;
+    #   evaluation: 183 passes over 256 validation windows (16 forwards, a third of a step each) ~ 30 s;
+    #   so about 12 minutes, and the 36 MB enwik8 download once (arithmetic_seconds recomputes the 12 minutes; a test
+    #   keeps them between 10 and 15).
+    # The set-up cell's probe replaces the 35% guess with this device's measured step time and trims seeds, then
+    # steps, to BUDGET_MINUTES (15 by default on a GPU). The stressors are the GPU's own: fp16 autocast with loss
+    # scaling (a T4's native half precision), and the router-lr and no-norm pushes; "2x longer" (twice the steps) and
+    # Adafactor (whose relative step says nothing about stability here) are left to the paper profile. Learning rate
+    # 2e-3 for a model 4x wider than cpu's (3e-3); the provoked regime 15x that, as in the cpu profile.
+    "gpu": Config(corpus="enwik8", corpus_bytes=None, d_model=256, n_layers=4, n_heads=4, d_ff=512, seq_len=256,
+                  num_experts=8, top_k=2, batch_size=16, steps=400, lr=2e-3, warmup=40, log_every=20,
+                  eval_windows=256, stress_lr=3e-2, stressors=("fp16", "router_lr", "no_norm"),
+                  capacity_arms=((1, 1.0, 2.0), (1, 1.25, 2.0), (2, 1.0, 2.0), (2, 1.25, 2.0), (2, 2.0, 3.0),
+                                 (3, 2.0, 3.0)),
+                  expert_counts=(1, 4, 8, 16), val_every=40),
     "paper": Config(corpus="enwik8", corpus_bytes=None, d_model=512, n_layers=8, n_heads=8, d_ff=1024, seq_len=256,
                     num_experts=32, batch_size=32, steps=20_000, lr=1e-3, warmup=1000, log_every=100,
                     eval_windows=2048, stress_lr=1e-2, expert_counts=(1, 4, 8, 16, 32, 64), val_every=1000,
@@ -204,9 +241,11 @@ def stressor_arms(cfg: Config) -> list[Arm]:
 # --- data, model, optimizer ----------------------------------------------------------------------------------------
 
 def load_data(cfg: Config) -> TextCorpus:
+    """The profile's corpus: the standard library's source (cfg.corpus_bytes of it) or enwik8 (downloaded once,
+    36 MB, from cfg.corpus_url if set)."""
     if cfg.corpus == "python-stdlib":
         return load_corpus(cfg.corpus, max_bytes=cfg.corpus_bytes)
-    return load_corpus(cfg.corpus)
+    return load_corpus(cfg.corpus, url=cfg.corpus_url, sha256=cfg.corpus_sha256)
 
 
 def _lm_kwargs(cfg: Config, arm: Arm) -> dict:
@@ -316,6 +355,8 @@ class Run:
     model: nn.Module | None = None
     # with Arm.val_every: (tokens, steps, training seconds, validation loss) every val_every steps and at the end
     val_curve: list[tuple[int, int, float, float]] = field(default_factory=list)
+    parameters: int = 0  # the model's, and those one token uses (TransformerLM.num_parameters): kept here so that a
+    active_parameters: int = 0  # run handed back without its model (a recorded run) still says what it cost
 
     @property
     def diverged(self) -> bool:
@@ -350,6 +391,9 @@ def _moe_summary(model: TransformerLM, inputs: dict | None = None) -> dict:
     return out
 
 
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # Arm.precision -> autocast dtype
+
+
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to a tenth of the peak at ``total``."""
     if step < warmup:
@@ -366,7 +410,7 @@ def train(cfg: Config, arm: Arm, seed: int, data: TextCorpus, device: torch.devi
     warmup = 0 if arm.provoked else cfg.warmup
     optimizer = make_optimizer(model, arm, lr)
     scaler = torch.amp.GradScaler(device.type, enabled=arm.precision == "fp16")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[arm.precision]
+    dtype = _AUTOCAST[arm.precision]
     batches = torch.Generator().manual_seed(seed)  # the same windows for every arm of a seed
     steps = max(1, round(cfg.steps * arm.steps_mult))
     curve, val_curve, diverged_at, start, eval_seconds = [], [], None, time.perf_counter(), 0.0
@@ -405,7 +449,8 @@ def train(cfg: Config, arm: Arm, seed: int, data: TextCorpus, device: torch.devi
         val = math.inf
     else:
         val = val_curve[-1][3] if val_curve else evaluate(cfg, model, data, device)
-    return Run(arm.name, seed, curve, val, diverged_at, seconds, model if keep_model else None, val_curve)
+    return Run(arm.name, seed, curve, val, diverged_at, seconds, model if keep_model else None, val_curve,
+               model.num_parameters(), model.num_parameters(active_only=True))
 
 
 def validation_windows(cfg: Config, data: TextCorpus, device: torch.device) -> ValidationWindows:
@@ -468,10 +513,14 @@ def run_key(cfg: Config, arm: Arm, seed: int) -> str:
     return repr((sorted(_lm_kwargs(cfg, arm).items()), replace(arm, name="", lm={}), recipe, seed))
 
 
+@replay.replayable
 def run_arms(cfg: Config, data: TextCorpus, device: torch.device, arms: Iterable[Arm], seeds: Iterable[int], *,
-             desc: str, show_progress: bool = True, cache: dict | None = None) -> dict[str, list[Run]]:
-    """Every arm for every seed (seeds outermost, so a cut-short sweep still covers every arm). Runs keep their
-    model. With ``cache`` (a dict shared between calls), a run already made with the same settings is reused."""
+             desc: str, show_progress: bool = True, cache: dict | None = None,
+             keep_models: bool = False) -> dict[str, list[Run]]:
+    """Every arm for every seed (seeds outermost, so a cut-short sweep still covers every arm). With ``cache`` (a
+    dict shared between calls, holding each run with its model), a run already made with the same settings is
+    reused. The runs come back without their models (``Run.model`` None: what a recorded run can hand back) unless
+    ``keep_models``."""
     from accel.experiments.progress import progress_bar
 
     arms, seeds = list(arms), list(seeds)
@@ -484,7 +533,7 @@ def run_arms(cfg: Config, data: TextCorpus, device: torch.device, arms: Iterable
             if key not in cache:
                 cache[key] = train(cfg, arm, seed, data, device, keep_model=True)
                 bar.update()
-            runs[arm.name].append(replace(cache[key], arm=arm.name))
+            runs[arm.name].append(replace(cache[key], arm=arm.name, model=cache[key].model if keep_models else None))
     reused = len(keys) - fresh
     if show_progress and reused:  # a cached run is not re-trained: say so rather than "N runs in 0 s"
         print(f"{desc}: {plural(reused, 'run')} {'more ' if fresh else ''}reused from runs made earlier in the "
@@ -539,13 +588,19 @@ def capacity_arm(top_k: int, train_cf: float) -> Arm:
     return Arm(f"top-{top_k}, train CF {train_cf:g}", {"top_k": top_k, "capacity_factor": train_cf})
 
 
+def capacity_arms(cfg: Config) -> list[Arm]:
+    """The Table 8 analogue's arms: one per (top-k, train CF) of ``cfg.capacity_arms``."""
+    return [capacity_arm(k, train_cf) for k, train_cf, _ in cfg.capacity_arms]
+
+
+@replay.replayable
 def capacity_table(cfg: Config, data: TextCorpus, device: torch.device, show_progress: bool = True,
                    cache: dict | None = None) -> list[dict]:
     """Table 8 analogue: for each (top-k, train CF), validation loss at eval CF = train CF and at the larger eval CF,
     with the dropped share of assignments at each."""
-    arms = [capacity_arm(k, train_cf) for k, train_cf, _ in cfg.capacity_arms]
+    arms = capacity_arms(cfg)
     runs = run_arms(cfg, data, device, arms, cfg.capacity_seeds, desc="capacity × top-k", cache=cache,
-                    show_progress=show_progress)
+                    show_progress=show_progress, keep_models=True)
     rows = []
     for (k, train_cf, eval_cf), arm in zip(cfg.capacity_arms, arms):
         for factor in (train_cf, eval_cf):
@@ -559,12 +614,20 @@ def capacity_table(cfg: Config, data: TextCorpus, device: torch.device, show_pro
     return rows
 
 
+def balance_arms(cfg: Config) -> list[Arm]:
+    """The Table 5 analogue's arms: the recipe with the balance loss (1e-2) and without it."""
+    return [recipe_arm(cfg, "with balance loss (1e-2)"), Arm("without balance loss", {"balance_loss_coef": 0.0})]
+
+
+@replay.replayable
 def balance_study(cfg: Config, data: TextCorpus, device: torch.device, show_progress: bool = True,
                   cache: dict | None = None) -> dict:
     """Table 5 analogue: the recipe with and without the balance loss (seeds as in cfg.seeds); the dropped share at
-    each of cfg.drop_factors (eval), router entropy, and the uniform-routing floor for the same group size."""
-    arms = [recipe_arm(cfg, "with balance loss (1e-2)"), Arm("without balance loss", {"balance_loss_coef": 0.0})]
-    runs = run_arms(cfg, data, device, arms, cfg.seeds, desc="balance loss", cache=cache, show_progress=show_progress)
+    each of cfg.drop_factors (eval), router entropy, and the uniform-routing floor for the same group size. The runs
+    come back without their models."""
+    arms = balance_arms(cfg)
+    runs = run_arms(cfg, data, device, arms, cfg.seeds, desc="balance loss", cache=cache, show_progress=show_progress,
+                    keep_models=True)
     tokens = cfg.batch_size * cfg.seq_len
     rows = []
     for factor in cfg.drop_factors:
@@ -578,14 +641,13 @@ def balance_study(cfg: Config, data: TextCorpus, device: torch.device, show_prog
             row[arm.name + " loads"] = np.mean([sorted(m["expert_load"], reverse=True) for m in measured],
                                                axis=0).tolist()
         rows.append(row)
+    runs = {name: [replace(r, model=None) for r in rs] for name, rs in runs.items()}
     return {"rows": rows, "runs": runs, "arms": [a.name for a in arms], "tokens": tokens}
 
 
-def expert_count_table(cfg: Config, data: TextCorpus, device: torch.device, show_progress: bool = True,
-                       cache: dict | None = None) -> list[dict]:
-    """Quality against the number of experts at fixed active compute (top-k and d_ff per expert fixed). "1 expert"
-    is :func:`dense_arm`: each MoE layer replaced by one FFN top_k · d_ff wide, the same FLOPs per token as every
-    sparse arm. The recipe's expert count is :func:`recipe_arm` itself (shared with the other sections)."""
+def expert_count_arms(cfg: Config) -> list[Arm]:
+    """The expert-count sweep's arms, one per count of ``cfg.expert_counts`` at or above top-k, and 1: "1 expert" is
+    :func:`dense_arm`, the recipe's count is :func:`recipe_arm` itself (shared with the other sections)."""
     arms = []
     for e in cfg.expert_counts:
         if e == 1:
@@ -594,16 +656,26 @@ def expert_count_table(cfg: Config, data: TextCorpus, device: torch.device, show
             arms.append(recipe_arm(cfg, f"{e} experts (the recipe)"))
         elif e >= cfg.top_k:
             arms.append(Arm(f"{e} experts", {"num_experts": e}))
+    return arms
+
+
+@replay.replayable
+def expert_count_table(cfg: Config, data: TextCorpus, device: torch.device, show_progress: bool = True,
+                       cache: dict | None = None) -> list[dict]:
+    """Quality against the number of experts at fixed active compute (top-k and d_ff per expert fixed). "1 expert"
+    is :func:`dense_arm`: each MoE layer replaced by one FFN top_k · d_ff wide, the same FLOPs per token as every
+    sparse arm (see :func:`expert_count_arms`)."""
+    arms = expert_count_arms(cfg)
     runs = run_arms(cfg, data, device, arms, cfg.expert_seeds, desc="expert count", cache=cache,
                     show_progress=show_progress)
     rows = []
     for e, arm in zip([e for e in cfg.expert_counts if e == 1 or e >= cfg.top_k], arms):
-        models = [r.model for r in runs[arm.name]]
+        first = runs[arm.name][0]
         losses = [r.val_loss for r in runs[arm.name]]
         rows.append({"experts": e, "arm": arm.name, "val loss": float(np.mean(losses)),
                      "val loss std": float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
-                     "parameters": models[0].num_parameters(),
-                     "active parameters": models[0].num_parameters(active_only=True),
+                     "parameters": first.parameters,
+                     "active parameters": first.active_parameters,
                      "seconds": float(np.mean([r.seconds for r in runs[arm.name]]))})
     return rows
 
@@ -642,6 +714,16 @@ def expert_by_byte_class(cfg: Config, model: TransformerLM, data: TextCorpus, de
     return classes, counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
 
 
+@replay.replayable
+def routing_by_class(cfg: Config, data: TextCorpus, device: torch.device, cache: dict | None = None,
+                     show_progress: bool = True) -> tuple[list[str], torch.Tensor]:
+    """:func:`expert_by_byte_class` of the recipe's model for the first seed (from ``cache`` when the chapter has
+    trained it already; trained here otherwise)."""
+    runs = run_arms(cfg, data, device, [recipe_arm(cfg)], cfg.seeds[:1], desc="recipe", cache=cache,
+                    show_progress=show_progress, keep_models=True)
+    return expert_by_byte_class(cfg, next(iter(runs.values()))[0].model, data, device)
+
+
 def summarize(values: list[float]) -> tuple[float, float]:
     """(mean, sample std; 0 for one value) of finite values; (nan, nan) if none."""
     finite = [v for v in values if math.isfinite(v)]
@@ -650,9 +732,11 @@ def summarize(values: list[float]) -> tuple[float, float]:
     return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
 
 
-def live_run(cfg: Config, data: TextCorpus, device: torch.device, num_experts: int, top_k: int,
+def live_run(cfg: Config, data: TextCorpus | None, device: torch.device, num_experts: int, top_k: int,
              capacity_factor: float, z_loss_coef: float, seed: int = 0) -> dict:
-    """The explorer's "run" button: train the recipe at this setting and report quality, drops and balance."""
+    """The explorer's "run" button: train the recipe at this setting and report quality, drops and balance.
+    ``data`` None (a chapter rendering a recorded run has loaded none): the profile's corpus is loaded here."""
+    data = load_data(cfg) if data is None else data
     arm = Arm("live", {"num_experts": num_experts, "top_k": min(top_k, num_experts), "capacity_factor": capacity_factor,
                        "z_loss_coef": z_loss_coef})
     run = train(replace(cfg, num_experts=num_experts), arm, seed, data, device, keep_model=True)
@@ -660,6 +744,170 @@ def live_run(cfg: Config, data: TextCorpus, device: torch.device, num_experts: i
     return {"val loss (nats/byte)": run.val_loss, "dropped at this CF": routing["dropped"],
             "router entropy (nats)": routing["entropy"], "max expert load": routing["max_load"],
             "seconds": run.seconds}
+
+
+# --- what the chapter costs: the plan of its runs, a probe, the estimate ---------------------------------------------
+
+#: What ``Book.fit`` trims, in order, to fit a time budget: (config field, floor). The stressors' seeds first, then the
+#: shared seed list down to two (a paired difference needs two), then the steps of every run.
+TRIMS = (("stressor_seeds", 1), ("seeds", 2), ("steps", 100))
+
+#: A T4's fp32 peak (8.1 TFLOP/s) at the 35% a model this small is assumed to reach: the gpu profile's sizing.
+T4_FLOPS_PER_SECOND = 0.35 * 8.1e12
+
+def planned_work(cfg: Config) -> dict[str, dict]:
+    """What the chapter trains and evaluates, part by part in the notebook's order, with the run cache's sharing
+    taken into account: part -> {"runs": [(arm, seed), ...] first trained there, "passes": validation passes (an
+    ``evaluate`` or ``routing_at`` over cfg.eval_windows windows) made there, those during training included}."""
+    sections = [  # (part, arms, seeds, validation passes per (arm, seed) after training)
+        ("Table 4 (stability)", stability_arms(), cfg.seeds, 0),
+        ("stressors", stressor_arms(cfg), cfg.stressor_seeds, 0),
+        ("router precision", router_precision_arms(cfg), cfg.seeds, 0),
+        ("Table 8 (capacity)", capacity_arms(cfg), cfg.capacity_seeds, 4),  # evaluate and routing_at, at two CFs
+        ("Table 8 (capacity)", [recipe_arm(cfg)], cfg.seeds, 0),  # the recipe's seed spread
+        ("Table 5 (balance)", balance_arms(cfg), cfg.seeds, len(cfg.drop_factors)),
+        ("experts", expert_count_arms(cfg), cfg.expert_seeds, 0),
+        ("experts", [recipe_arm(cfg)], cfg.seeds[:1], 1),  # routing by byte class
+        ("ledger", [dense_arm(cfg), recipe_arm(cfg)], cfg.seeds, 0),
+    ]
+    seen: set[str] = set()
+    work: dict[str, dict] = {}
+    for part, arms, seeds, passes in sections:
+        entry = work.setdefault(part, {"runs": [], "passes": 0})
+        for seed in seeds:
+            for arm in arms:
+                key = run_key(cfg, arm, seed)
+                if key not in seen:
+                    seen.add(key)
+                    entry["runs"].append((arm, seed))
+                    steps = _steps(cfg, arm)
+                    entry["passes"] += -(-steps // arm.val_every) if arm.val_every else 1
+                entry["passes"] += passes
+    return work
+
+
+def _steps(cfg: Config, arm: Arm) -> int:
+    return max(1, round(cfg.steps * arm.steps_mult))
+
+
+def active_weights(cfg: Config, arm: Arm | None = None) -> int:
+    """The weights one token of an arm's model (default: the recipe) multiplies, counted from its configuration:
+    attention 4 d², each dense FFN (3 d d_ff GEGLU, 2 d d_ff GELU), each MoE layer's router (d E) and top_k experts
+    (a dense arm's WideFFN: the same top_k experts' worth), and the head (V d, tied to the embedding or not). The
+    position table and the embedding are looked up, not multiplied, and the norms' scales are left out. Equals
+    ``TransformerLM.num_parameters(active_only=True)`` less those (a test checks it)."""
+    arm = recipe_arm(cfg) if arm is None else arm
+    c = LMConfig(**_lm_kwargs(cfg, arm))
+    matrices = {"gelu": 2, "ffn": 2, "geglu": 3, "swiglu": 3}
+    ffn = matrices[c.ffn_type] * c.d_model * c.d_ff
+    expert = matrices[c.expert_type or c.ffn_type] * c.d_model * c.d_ff
+    sparse = len(c.moe_layer_indices)
+    moe = c.top_k * expert + (0 if arm.dense_at_moe else c.d_model * c.num_experts)
+    return (4 * c.n_layers * c.d_model**2 + (c.n_layers - sparse) * ffn + sparse * moe
+            + c.vocab_size * c.d_model)
+
+
+def flops_per_token(cfg: Config, arm: Arm | None = None) -> float:
+    """Training FLOPs per token of an arm's model (default: the recipe), forward and backward: 6 × its
+    :func:`active_weights` plus 6 × layers × seq_len × d_model for attention's scores and mixing (Kaplan et al.,
+    2020; causal attention counted in full)."""
+    return 6.0 * active_weights(cfg, arm) + 6.0 * cfg.n_layers * cfg.seq_len * cfg.d_model
+
+
+def work_seconds(cfg: Config, step_seconds: Callable[[Arm], float], forward_seconds: float) -> dict[str, float]:
+    """Seconds per part of the chapter (:func:`planned_work`): each run's steps at ``step_seconds(arm)``, and each
+    validation pass at ``forward_seconds`` per forward of batch_size windows."""
+    pass_seconds = -(-cfg.eval_windows // cfg.batch_size) * forward_seconds
+    return {part: sum(_steps(cfg, arm) * step_seconds(arm) for arm, _ in w["runs"]) + w["passes"] * pass_seconds
+            for part, w in planned_work(cfg).items()}
+
+
+def arithmetic_seconds(cfg: Config, flops_per_second: float = T4_FLOPS_PER_SECOND) -> dict[str, float]:
+    """:func:`work_seconds` from arithmetic alone: a step costs flops_per_token × tokens per step at
+    ``flops_per_second``, a validation forward a third of that (forward only: 2 of the 6). How the gpu profile was
+    sized (on a T4 at 35% of its fp32 peak, by default); the set-up cell measures instead (:func:`cost_model`)."""
+    tokens = cfg.batch_size * cfg.seq_len
+    return work_seconds(cfg, lambda arm: flops_per_token(cfg, arm) * tokens / flops_per_second,
+                        flops_per_token(cfg) * tokens / 3 / flops_per_second)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def probe_step(cfg: Config, arm: Arm, device: torch.device, steps: int = 3, warmup: int = 2) -> tuple[float, float]:
+    """(seconds per training step, seconds per validation forward) of ``arm``'s model at cfg's sizes on ``device``:
+    ``warmup`` steps, then the median of ``steps`` timed ones (and of three forwards after one), on random bytes drawn
+    from an explicit generator (no global RNG). Each step reads its loss, as :func:`train` does (the same host
+    sync)."""
+    model = make_model(cfg, arm, 0, device)
+    optimizer = make_optimizer(model, arm, cfg.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=arm.precision == "fp16")
+    dtype = _AUTOCAST[arm.precision]
+    tokens = torch.randint(256, (cfg.batch_size, cfg.seq_len + 1), generator=torch.Generator().manual_seed(0))
+    x, y = tokens[:, :-1].contiguous().to(device), tokens[:, 1:].contiguous().to(device)
+
+    def loss_of(inputs, targets):
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = model(inputs)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    def step():
+        loss = loss_of(x, y) + model.aux_loss()
+        loss.item()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def timed(fn, warm, count):  # the median of count timed calls: a busy machine's outliers do not count
+        for _ in range(warm):
+            fn()
+        seconds = []
+        for _ in range(count):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            seconds.append(time.perf_counter() - start)
+        return float(np.median(seconds))
+
+    model.train()
+    step_s = timed(step, warmup, steps)
+    with torch.no_grad(), _eval_capacity(model, -1.0):
+        forward_s = timed(lambda: loss_of(x, y).item(), 1, 3)
+    return step_s, forward_s
+
+
+def cost_model(cfg: Config, device: torch.device) -> Callable[[Config], Estimate]:
+    """The chapter's run time on ``device`` (``Book.fit``'s probe): returns a function from a config of the same sizes
+    (trimmed seeds or steps, say) to an ``accel.experiments.run_time.Estimate``, seconds per part of the chapter.
+
+    The probe (:func:`probe_step`) times the recipe's training step and a validation forward at cfg's sizes (under a
+    second at cpu size, a few hundredths at smoke), and, when the profile trains a half-precision arm, that arm's step
+    too (slower on a CPU, where half precision is emulated; faster on a GPU). The estimate counts what the config
+    trains (:func:`planned_work`: the distinct runs, with the run cache's sharing, and the validation passes) and
+    prices each run's steps at the measured step time scaled by its arm's :func:`flops_per_token` (more for top-3,
+    the same for more experts), and each validation pass at the measured forward."""
+    from accel.experiments.run_time import Estimate  # imported here: see the TYPE_CHECKING import above
+
+    recipe = recipe_arm(cfg)
+    step_s, forward_s = probe_step(cfg, recipe, device)
+    half = next((arm for w in planned_work(cfg).values() for arm, _ in w["runs"] if arm.precision != "fp32"), None)
+    half_ratio = probe_step(cfg, half, device, steps=2)[0] / step_s if half is not None else 1.0
+    base = flops_per_token(cfg, recipe)
+    basis = (f"{device.type}, a training step of the recipe ({cfg.batch_size * cfg.seq_len:,} tokens) "
+             f"{1000 * step_s:.1f} ms, a validation forward {1000 * forward_s:.1f} ms"
+             + (f", a {half.precision} step {half_ratio:.2f}× the recipe's" if half is not None else ""))
+
+    def estimate(c: Config) -> Estimate:
+        def step_seconds(arm: Arm) -> float:
+            return step_s * flops_per_token(c, arm) / base * (half_ratio if arm.precision != "fp32" else 1.0)
+
+        return Estimate(work_seconds(c, step_seconds, forward_s), basis)
+
+    return estimate
 
 
 # --- analysis helpers the chapter calls (kept here so that tests can call them) ------------------------------------
@@ -780,11 +1028,10 @@ def cost_summary(runs: dict[str, list[Run]]) -> dict[str, dict]:
     training memory of the parameters with Adam (float32 weights, gradients and two moments: 16 bytes each)."""
     out = {}
     for name, rs in runs.items():
-        model = rs[0].model
         steps = [r.val_curve[-1][1] if r.val_curve else len(r.curve) for r in rs]
         ms = summarize([1000 * r.seconds / s for r, s in zip(rs, steps)])
-        params = model.num_parameters()
-        out[name] = {"ms_per_step": ms, "parameters": params, "active": model.num_parameters(active_only=True),
+        params = rs[0].parameters
+        out[name] = {"ms_per_step": ms, "parameters": params, "active": rs[0].active_parameters,
                      "train_state_mb": 16 * params / 2**20}
     return out
 

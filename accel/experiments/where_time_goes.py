@@ -3,23 +3,30 @@
 Every time is measured on the reader's machine. The input side is :class:`accel.datasets.signals.CompressedSignals`,
 whose read cost is real work set by ``work``; the model is :class:`accel.models.vision.ConvNet1D`. The overlap law and
 its measurement live in :mod:`accel.experiments.slow_input`, shared with chapter 02.
+
+Every measurement the notebook shows is made inside a ``@replay.replayable`` function (``step_breakdown``,
+``overlap_law_check``, ``ledger_runs``, ``wait_and_step``): a run records what they return, and a later run with
+``RESULTS_FROM`` shows those very numbers without measuring again. ``cost_model`` is the probe behind the set-up cell's
+estimate; ``TRIMS`` says what a time budget trims.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, default_collate
 
 from accel.datasets.signals import CompressedSignals
-from accel.experiments import pick_config
+from accel.experiments import pick_config, replay
 from accel.experiments.ledger import LedgerEntry, entry_from_runs
+from accel.experiments.run_time import Estimate
 from accel.experiments.slow_input import (
     accelerator_idle_share,
     calibrate_work,
@@ -68,9 +75,32 @@ CONFIGS = {
                     echo_factors=(1, 4), law_steps=12, ledger_max_steps=40, eval_every=10, num_val=256,
                     ledger_target=0.3, ledger_seeds=(0,), repeats=1),
     "cpu": Config(),
+    # A T4-class GPU: about 8 fp32 TFLOP/s, taken at 30-40% busy, so about 2.4-3.2 TFLOP/s. An estimate: no GPU was at
+    # hand to time it; the set-up cell probes the real device and trims to the budget. ConvNet1D at width w and length
+    # L costs about 2·5·(w·L/2 + w²·L/4 + w²·L/8) ≈ 3.75·w²·L FLOPs forward per sample and three times that to train:
+    # 11.25 · 384² · 128 ≈ 0.21 GFLOP per sample, × batch 512 ≈ 109 GFLOP per step, so t_down ≈ 35-45 ms. The GPU,
+    # not the kernel launches (about 1 ms a step), sets the step time, and reading a 512-sample batch (about 15-20 ms
+    # on a Colab CPU core) stays below the R ≈ 2 input side (2 · t_down). Step times, at t_down = 40 ms:
+    #   overlap law: per repeat, the sum over R in (2, 5) and e in (1, 2, 4, 8) of (2·ceil(e) + max(64, 12·e)) steps
+    #     at max(R, e) / e step times each = 384 + 702 = 1,086; × 3 repeats ≈ 3,260 × 40 ms ≈ 130 s, plus two
+    #     calibrations (about 20 s) and 13 dataset builds of 40,960 samples (about 15 s);
+    #   ledger: 4 seeds × 300 steps × (4 + 2) step times (R = 4: e = 1 paces 4 t_down a step, e = 2 paces 2 t_down)
+    #     = 7,200 × 40 ms ≈ 290 s, plus 15 evaluations of 4,096 samples per run and a calibration (about 20 s);
+    #   step breakdown: 110 steps × (20 + 40) ms ≈ 7 s.
+    # In all about 8-9 minutes, leaving room under the 15-minute budget for a slower GPU or CPU. The smaller cpu model
+    # (width 64, batch 128) reached 90% validation accuracy in about 150 steps; at width 128 and batch 512 it took
+    # about 100 (CPU runs), so 300 ledger steps reach the target with room.
+    "gpu": Config(num_samples=40_960, width=384, batch_size=512, breakdown_steps=100, warmup_steps=10, law_steps=64,
+                  ledger_max_steps=300, ledger_seeds=(0, 1, 2, 3), eval_every=20, num_val=4096),
+    # law_steps: 50,000 samples make 196 batches, and a run at e = 1 reads 2 + law_steps of them in its one epoch
     "paper": Config(num_samples=50_000, width=256, batch_size=256, repeats=3, breakdown_steps=100, warmup_steps=10,
-                    law_steps=200, ledger_max_steps=2000, num_val=4096),
+                    law_steps=192, ledger_max_steps=2000, num_val=4096),
 }
+
+
+#: What a time budget (BUDGET_MINUTES) trims, in this order, and how far: the ledger's seeds, then the law's repeats,
+#: then the ledger's steps and the law's timed steps (``Book.fit``, :func:`accel.book.budget.fit_budget`).
+TRIMS = (("ledger_seeds", 1), ("repeats", 1), ("ledger_max_steps", 40), ("law_steps", 12))
 
 
 def config(profile: str, **overrides) -> Config:
@@ -103,8 +133,9 @@ def make_data(cfg: Config, work: int, seed: int, split: str = "train") -> Compre
 def _loader(dataset, cfg: Config, num_workers: int, seed: int, num_batches: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(dataset, num_samples=num_batches * cfg.batch_size, generator=generator)
+    worker_seeds = torch.Generator().manual_seed(seed)  # without one, the loader draws them from the global RNG
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=False, prefetch_factor=2 if num_workers else None)
+                      pin_memory=False, prefetch_factor=2 if num_workers else None, generator=worker_seeds)
 
 
 def _train_step(model, optimizer, x, y) -> torch.Tensor:
@@ -117,6 +148,7 @@ def _train_step(model, optimizer, x, y) -> torch.Tensor:
 
 # --- 1. one step taken apart -------------------------------------------------------------------------------------
 
+@replay.replayable
 def step_breakdown(cfg: Config, device: torch.device, seed: int = 0, work: int = 1) -> dict[str, np.ndarray]:
     """Seconds spent in each stage of ``breakdown_steps`` training steps (data loaded synchronously in this process,
     so its cost is visible): {stage: array [breakdown_steps]}."""
@@ -235,6 +267,7 @@ def trainer_step(model, optimizer) -> Callable[[torch.Tensor, torch.Tensor], tor
     return functools.partial(_train_step, model, optimizer)
 
 
+@replay.replayable
 def overlap_law_check(cfg: Config, device: torch.device, seed: int = 0, progress: bool = True) -> list[dict]:
     """The overlap law on both sides of its kink: for each input side (target R in cfg.ratios) and each e in
     cfg.echo_factors, steps/s measured against e / max(t_up, e·t_down) fed with the same run's costs
@@ -269,6 +302,7 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct
 
 
+@replay.replayable
 def ledger_runs(cfg: Config, device: torch.device, seed: int = 0, echo_factors=(1, 2)) -> dict:
     """Train the same model from the same start with each e under a slow input side (R = cfg.ledger_ratio), arms
     interleaved per seed (cfg.ledger_seeds, each shifted by ``seed``). Returns per arm one curve per seed of
@@ -330,6 +364,25 @@ def ledger_flags(entries: list[LedgerEntry], ratio: float, slack: float = 1.05) 
     return flags
 
 
+# --- 4. the drop-in: which law is your loop under? ----------------------------------------------------------------
+
+@replay.replayable  # records the timings for a replay (RESULTS_FROM); leave it out in your own code
+def wait_and_step(loader, step: Callable, device: torch.device | str = "cpu") -> tuple[float, float, int]:
+    """One pass over ``loader``: seconds spent waiting for the next batch, seconds in ``step(x, y)`` (synchronised
+    on a GPU, so the step's queued work counts), and the number of steps."""
+    device = torch.device(device)
+    wait = seconds = 0.0
+    batches, steps = iter(loader), 0
+    for _ in range(len(loader)):
+        t0 = time.perf_counter()
+        x, y = next(batches)
+        t1 = time.perf_counter()
+        step(x.to(device), y.to(device))
+        synchronize(device)
+        wait, seconds, steps = wait + t1 - t0, seconds + time.perf_counter() - t1, steps + 1
+    return wait, seconds, steps
+
+
 # --- the two laws side by side -------------------------------------------------------------------------------------
 
 def echo_schedules(t_up: float, t_down: float, factors) -> dict[str, list[float]]:
@@ -353,6 +406,106 @@ def record_metrics(results, shares: dict[str, float], law_rows: list[dict], entr
     results.metric("law_settings", len(law_rows), abs=0)
     for entry in entries:
         results.metric(f"ledger_quality_{entry.arm}", entry.quality, abs=0.02)  # kernels: 0 apart; 2.5 steps of 1/128
+
+
+# --- the run-time estimate (the set-up cell's Book.fit) -------------------------------------------------------------
+
+@dataclass
+class Probe:
+    """What :func:`probe` measured on this device (seconds), and the batch size it measured at."""
+
+    step: float  # one training step at the config's sizes (one intra-op thread, as the law and the ledger run)
+    read: float  # reading one sample at work 1 (decode, fresh noise, collation share): the input side's fixed cost
+    work: float  # each further decode pass, per sample
+    build: float  # building one stored (compressed) sample of a CompressedSignals
+    loader_start: float  # starting a one-worker DataLoader and receiving its first batch, beyond reading that batch
+    batch_size: int
+    device: str = "cpu"
+
+
+def probe(cfg: Config, device: torch.device, seed: int = 0) -> Probe:
+    """Time the chapter's own pieces at ``cfg``'s sizes on ``device``: three training steps of the config's model
+    after two warm-up steps (one intra-op thread, as the runs use; the batch from a seeded torch.Generator), building
+    256 samples, reading a batch at work 1 and at work 51, and one one-worker loader start. Leaves the global RNGs
+    untouched; about a second at cpu size, a fifth of that at smoke."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(cfg.batch_size, 1, cfg.length, generator=generator).to(device)
+    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=generator).to(device)
+    with single_threaded():
+        model, optimizer = make_model(cfg, device, seed)
+        for _ in range(2):
+            _train_step(model, optimizer, x, y)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(3):
+            _train_step(model, optimizer, x, y)
+        synchronize(device)
+        step = (time.perf_counter() - start) / 3
+    size = 256
+    small = replace(cfg, num_samples=size)
+    start = time.perf_counter()
+    dataset = make_data(small, 1, seed)
+    build = (time.perf_counter() - start) / size
+    batch = min(cfg.batch_size, size)
+    reads = []
+    for work in (1, 51):
+        dataset.work = work
+        start = time.perf_counter()
+        default_collate([dataset[i] for i in range(batch)])
+        reads.append((time.perf_counter() - start) / batch)
+    dataset.work = 1
+    start = time.perf_counter()
+    next(iter(_loader(dataset, replace(small, batch_size=batch), 1, seed, 1)))
+    loader_start = max(time.perf_counter() - start - batch * reads[0], 0.0)
+    return Probe(step, reads[0], max(reads[1] - reads[0], 0.0) / 50, build, loader_start, cfg.batch_size,
+                 device.type)
+
+
+def estimate(cfg: Config, probe: Probe) -> Estimate:
+    """Seconds per section of the chapter at ``cfg`` from the probed costs: every count the config sets (breakdown
+    steps; target R values × echo factors × repeats × timed steps for the law; ledger seeds × arms × steps and
+    evaluations) times the probed seconds, with the dataset builds, calibrations, probes alone and loader starts the
+    code makes. An input side calibrated to R paces a step at max(R, e) / e step times, as the overlap law says."""
+    if cfg.batch_size != probe.batch_size:
+        raise ValueError(f"Invalid config: batch size {cfg.batch_size}, but the probe ran at {probe.batch_size}; "
+                         "probe again at this config's sizes")
+    t, batch = probe.step, cfg.batch_size
+
+    def upstream(work: int) -> float:  # seconds per fresh batch of the input side at this decode effort
+        return batch * (probe.read + (work - 1) * probe.work)
+
+    def calibration(ratio: float) -> float:  # slow_input.calibrate_work (5 builds, 5 loaders of 10 batches) + 1 build
+        return (6 * cfg.num_samples * probe.build + 10 * (upstream(1) + upstream(200)) + 30 * ratio * t
+                + 5 * probe.loader_start)
+
+    def pipelined(steps: float, ratio: float, e: float) -> float:  # steps at the overlap law's pace, one loader
+        return probe.loader_start + steps * max(ratio, e) / e * t
+
+    sample = cfg.num_samples * probe.build + upstream(1)  # make_data and one synchronous batch
+    breakdown = sample + (cfg.warmup_steps + cfg.breakdown_steps) * (upstream(1) + t)
+    law = sample + 3 * 23 * t  # t_down probed alone, three times
+    for ratio in cfg.ratios:
+        law += calibration(ratio)
+        for e in cfg.echo_factors:
+            law += cfg.repeats * pipelined(2 * math.ceil(e) + max(cfg.law_steps, math.ceil(12 * e)), ratio, e)
+    ratio, evaluation = cfg.ledger_ratio, cfg.num_val / batch * t / 3  # a forward pass is about a third of a step
+    ledger = (sample + 23 * t + calibration(ratio) + pipelined(12, ratio, 1)  # t_down, work, t_up alone
+              + cfg.num_val * (probe.build + probe.read))  # the validation set, read once
+    for e in (1, 2):
+        ledger += len(cfg.ledger_seeds) * (pipelined(cfg.ledger_max_steps + e, ratio, e)
+                                           + cfg.ledger_max_steps // cfg.eval_every * evaluation)
+    basis = (f"{1e3 * t:.1f} ms per training step at batch {batch}, {1e6 * probe.read:.0f} µs per sample read + "
+             f"{1e6 * probe.work:.2f} µs per decode pass, {1e6 * probe.build:.0f} µs per stored sample, "
+             f"{probe.loader_start:.2f} s per loader start ({probe.device})")
+    return Estimate({"step breakdown (section 2)": breakdown, "overlap law (section 4)": law,
+                     "ledger (section 5)": ledger}, basis)
+
+
+def cost_model(cfg: Config, device: torch.device) -> Callable[[Config], Estimate]:
+    """The set-up cell's cost model for ``Book.fit``: :func:`probe` this device once at ``cfg``'s sizes, and return
+    ``Config -> Estimate`` (:func:`estimate` with those costs), which Book.fit evaluates for ``cfg`` and for each
+    trimmed config (``TRIMS``)."""
+    return functools.partial(estimate, probe=probe(cfg, device))
 
 
 # --- words and pictures for the notebook ------------------------------------------------------------------------
