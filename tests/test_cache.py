@@ -235,7 +235,7 @@ def test_a_dropped_connection_is_reported_as_incomplete_not_as_a_checksum_mismat
         download(url, "data.bin", PAYLOAD_SHA, progress=False, timeout=5)
     assert not isinstance(info.value, ChecksumError)
     message = str(info.value)
-    assert f"received 5000 of {len(PAYLOAD)} bytes" in message and url in message and "ACCEL_DATA_DIR" in message
+    assert f"received 5,000 of {len(PAYLOAD):,} bytes" in message and url in message and "ACCEL_DATA_DIR" in message
     _assert_empty(cache_root)  # no partial file
 
 

@@ -217,6 +217,43 @@ def _offline_hint(url: str, target: Path, sha256: str) -> str:
     )
 
 
+def stream_download(url: str, part: Path, *, hint: str, desc: str, progress: bool, timeout: float,
+                    expected_bytes: int | None = None) -> tuple[str, int]:
+    """Stream ``url`` into the file ``part`` and return (its SHA-256, its size in bytes). The caller removes ``part``
+    on any failure. ``hint`` ends every error message (what to do instead).
+
+    Raises :class:`DownloadError` when the server cannot be reached or fails, or the connection drops before all of
+    its Content-Length arrived; :class:`ChecksumError` when ``expected_bytes`` is given and the reported or received
+    size differs from it."""
+    digest, received, reported = hashlib.sha256(), 0, None
+    with open(part, "wb") as out:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                reported = int(response.headers.get("Content-Length") or 0) or None
+                if expected_bytes is not None and reported is not None and reported != expected_bytes:
+                    raise ChecksumError(f"{url} reports {reported:,} bytes, expected {expected_bytes:,}: not the file "
+                                        f"this version of accel knows. Nothing was downloaded or recorded. {hint}")
+                with tqdm(total=reported or expected_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                          disable=not progress) as bar:  # fmt: skip
+                    while chunk := response.read(_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except urllib.error.HTTPError as exc:
+            raise DownloadError(f"Could not download {url}: HTTP {exc.code} {exc.reason}. {hint}") from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise DownloadError(f"Could not download {url}: {reason}. {hint}") from exc
+    if reported is not None and received != reported:  # http.client reads a dropped connection as a short end
+        raise DownloadError(f"Incomplete download of {url}: received {received:,} of {reported:,} bytes (the "
+                            f"connection was dropped); the partial file was removed. Try again. {hint}")
+    if expected_bytes is not None and received != expected_bytes:
+        raise ChecksumError(f"{url} sent {received:,} bytes, expected {expected_bytes:,}; the download was removed "
+                            f"and nothing was recorded. {hint}")
+    return digest.hexdigest(), received
+
+
 def download(
     url: str,
     filename: str,
@@ -258,34 +295,8 @@ def download(
 
     part = new_part(target.parent)
     try:
-        digest, received = hashlib.sha256(), 0
-        with open(part, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None
-                    with tqdm(
-                        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=rel.name, disable=not progress
-                    ) as bar:
-                        while chunk := response.read(_CHUNK):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
-                            bar.update(len(chunk))
-            except urllib.error.HTTPError as exc:
-                raise DownloadError(
-                    f"Could not download {url}: HTTP {exc.code} {exc.reason}. {_offline_hint(url, target, sha256)}"
-                ) from exc
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise DownloadError(
-                    f"Could not download {url}: {reason}. {_offline_hint(url, target, sha256)}"
-                ) from exc
-        if total is not None and received != total:  # http.client reads a dropped connection as a short end
-            raise DownloadError(
-                f"Incomplete download of {url}: received {received} of {total} bytes (the connection was dropped); "
-                f"the partial file was removed. Try again. {_offline_hint(url, target, sha256)}"
-            )
-        actual = digest.hexdigest()
+        actual, _ = stream_download(url, part, hint=_offline_hint(url, target, sha256), desc=rel.name,
+                                    progress=progress, timeout=timeout)
         if actual != sha256:
             raise ChecksumError(
                 f"Checksum mismatch for {url}: expected sha256 {sha256}, got {actual}. "

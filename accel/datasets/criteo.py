@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -119,7 +118,6 @@ CRITEO_ROWS = 45_840_617  # labelled lines of train.txt
 AVAZU_ROWS = 40_428_967  # data lines of Avazu's train file
 MISSING = int(np.iinfo(np.int64).min)  # a missing value in the parsed int64 columns; sorts before every value
 TRUST_SUFFIX = ".sha256"  # the hash recorded at first download sits beside the archive: <archive>.sha256
-_DOWNLOAD_CHUNK = 1 << 20
 
 _FORMAT_VERSION = 1
 _CHUNK_BYTES = 8 << 20  # bytes of lines parsed at a time (tests make it small to cross chunk boundaries)
@@ -768,40 +766,8 @@ def _download_unpinned(url: str, target: Path, record: Path, expected_bytes: int
             "to a copy you have.")
     part = cache.new_part(target.parent)
     try:
-        digest, received, reported = hashlib.sha256(), 0, None
-        with open(part, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    reported = int(response.headers.get("Content-Length") or 0) or None
-                    if expected_bytes is not None and reported is not None and reported != expected_bytes:
-                        raise cache.ChecksumError(
-                            f"{url} reports {reported:,} bytes, expected {expected_bytes:,}: not the archive this "
-                            f"version of accel knows. Nothing was downloaded or recorded. {hint}"
-                        )
-                    total = reported or expected_bytes
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
-                              disable=not progress) as bar:  # fmt: skip
-                        while chunk := response.read(_DOWNLOAD_CHUNK):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
-                            bar.update(len(chunk))
-            except urllib.error.HTTPError as exc:
-                raise cache.DownloadError(f"Could not download {url}: HTTP {exc.code} {exc.reason}. {hint}") from exc
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise cache.DownloadError(f"Could not download {url}: {reason}. {hint}") from exc
-        if reported is not None and received != reported:  # http.client reads a dropped connection as a short end
-            raise cache.DownloadError(
-                f"Incomplete download of {url}: received {received:,} of {reported:,} bytes (the connection was "
-                f"dropped); the partial file was removed. Try again. {hint}"
-            )
-        if expected_bytes is not None and received != expected_bytes:
-            raise cache.ChecksumError(
-                f"{url} sent {received:,} bytes, expected {expected_bytes:,}; the download was removed and nothing "
-                f"was recorded. {hint}"
-            )
-        actual = digest.hexdigest()
+        actual, _ = cache.stream_download(url, part, hint=hint, desc=target.name, progress=progress, timeout=timeout,
+                                          expected_bytes=expected_bytes)
         _write_record(record, actual, target.name)  # first the record: a later run checks any archive against it
         os.replace(part, target)
     except BaseException:
