@@ -11,7 +11,7 @@ PROFILE    ?= auto
 PIP        := $(PY) -m pip --disable-pip-version-check -q
 CHROMIUM   := /usr/bin/chromium
 
-.PHONY: book test lab verify references spread outputs gpu-check setup clean
+.PHONY: book test lab verify references spread outputs gpu-check site min-versions setup clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,18 @@ outputs: $(STAMP)
 ## data/results/*.gpu.json (device, versions, commit, seconds); refuses to start without CUDA
 gpu-check: $(STAMP)
 	$(PY) -m accel.book.gpu_check
+
+## make site: the book as a static website from the committed notebooks (none executed), into build/site/index.html;
+## Jupyter Book 1.x: maintained, builds offline (bundled theme, local search index); sources in accel/book/site/
+site: $(STAMP)
+	$(PY) -m accel.book.site
+
+## make min-versions: slow (8 min with pip's cache warm; the first run also downloads torch's ~3 GB CUDA build from
+## PyPI unless MIN_PIP_ARGS names a CPU index); the lowest versions that pyproject.toml allows (core, book, test tools),
+## exactly, in a fresh venv (build/min-versions) on the lowest Python allowed (found on PATH or under pyenv;
+## MIN_PYTHON=... overrides): the wheel alone imports without matplotlib, then the unit tests and chapter 01 in smoke
+min-versions: $(STAMP)
+	$(PY) tests/min_versions.py $(if $(MIN_PYTHON),--python "$(MIN_PYTHON)") $(if $(MIN_PIP_ARGS),--pip-args "$(MIN_PIP_ARGS)")
 
 clean:
 	rm -rf build $(VENV)

@@ -18,14 +18,14 @@ def test_resolve_profile(monkeypatch):
     assert resolve_profile("paper") == "smoke"  # the environment overrides
 
 
-@pytest.mark.parametrize("bad", ["fast", "", "gpu"])
+@pytest.mark.parametrize("bad", ["fast", "", "tpu"])
 def test_unknown_profile_names_the_allowed_ones(monkeypatch, bad):
     monkeypatch.delenv("ACCEL_PROFILE", raising=False)
     if bad == "":
         monkeypatch.setenv("ACCEL_PROFILE", "")  # empty env var: ignored, the argument decides
         assert resolve_profile("smoke") == "smoke"
         return
-    with pytest.raises(ValueError, match=r"Invalid profile: '.*'; allowed: 'auto', 'smoke', 'cpu', 'paper'"):
+    with pytest.raises(ValueError, match=r"Invalid profile: '.*'; allowed: 'auto', 'smoke', 'cpu', 'gpu', 'paper'"):
         resolve_profile(bad)
     monkeypatch.setenv("ACCEL_PROFILE", bad)
     with pytest.raises(ValueError, match="ACCEL_PROFILE"):
