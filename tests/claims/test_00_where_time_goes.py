@@ -28,6 +28,13 @@ def test_law_is_reached_below_the_kink_and_never_beaten(law_rows):
 
 
 def test_echo_stops_paying_beyond_the_kink(law_rows):
+    """Past e = R more echoing buys nothing: from e = 4 to e = 8 the measured gain stays within 15% of the law's gain
+    min(8, R) / min(4, R) (each row's own costs), and where both settings are past the kink (R <= 4) within 15% of
+    flat. (An input side measured at R between 4 and 8 still gains up to R / 4 from e = 8, as the law says.)"""
     for target in chapter.config("cpu").ratios:
         rows = {row["echo factor"]: row for row in law_rows if row["target R"] == target}
-        assert rows[8]["measured steps/s"] <= 1.15 * rows[4]["measured steps/s"] or rows[4]["R"] >= 6, rows
+        gain = rows[8]["measured steps/s"] / rows[4]["measured steps/s"]
+        law_gain = rows[8]["modelled steps/s"] / rows[4]["modelled steps/s"]
+        assert gain <= 1.15 * law_gain, (target, gain, law_gain, rows)
+        if max(rows[4]["R"], rows[8]["R"]) <= 4:
+            assert gain <= 1.15, (target, gain, rows)
