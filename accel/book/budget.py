@@ -22,8 +22,9 @@ from accel.experiments.run_time import Estimate
 DEFAULT_BUDGET_MINUTES = {"gpu": 15.0}
 
 
-def minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+def minutes(seconds: float, minutes_from: float = 60) -> str:
+    """A duration as a reader reads it: whole seconds below ``minutes_from`` seconds, minutes to one decimal above."""
+    return f"{seconds / 60:.1f} min" if seconds >= minutes_from else f"{seconds:.0f} s"
 
 
 def describe(estimate: Estimate) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .budget import minutes
 from .results import MARKS, Results, claim_line
 from .tables import format_cell
 
@@ -46,7 +47,7 @@ def run_time_line(notebook: str) -> str:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    return minutes(seconds, minutes_from=120)  # recorded run times: seconds up to two minutes
 
 
 def _md(value: Any) -> str:

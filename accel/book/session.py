@@ -120,7 +120,11 @@ class Book:
         When replaying a recorded run, no probe runs and the recorded run's config comes back."""
         if budget_minutes is None:
             budget_minutes = DEFAULT_BUDGET_MINUTES.get(self.profile)
-        return _fitted(self, cfg, cost_model, probe_args, trims, budget_minutes, quiet)
+        fitted = _planned(self, cfg, cost_model, probe_args, trims, budget_minutes, quiet)
+        trimmed = (self.results.data.get("plan") or {}).get("trimmed")
+        if self.replaying and trimmed and not quiet:  # a replay skips _planned's own printing
+            print(f"The recorded run was trimmed to its budget: {'; '.join(trimmed)}.")
+        return fitted
 
 
 def start(
@@ -231,12 +235,3 @@ def _planned(book: Book, cfg, cost_model, probe_args, trims, budget_minutes, qui
         else:
             print(f"Budget {budget_minutes:g} min: fits, nothing trimmed.")
     return cfg
-
-
-def _fitted(book: Book, cfg, cost_model, probe_args, trims, budget_minutes, quiet):
-    fitted = _planned(book, cfg, cost_model, probe_args, trims, budget_minutes, quiet)
-    if book.replaying and not quiet:
-        plan = book.results.data.get("plan") or {}
-        if plan.get("trimmed"):
-            print(f"The recorded run was trimmed to its budget: {'; '.join(plan['trimmed'])}.")
-    return fitted
